@@ -1,0 +1,25 @@
+"""fewcells: how many annotated single-cell images does a leukocyte classifier need?
+
+Reproduces Schouten et al., Sci. Rep. 2021. See README.md; every config key is described
+in workflow/schemas/config.schema.yaml.
+"""
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/folds.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

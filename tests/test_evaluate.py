@@ -1,0 +1,440 @@
+"""Tests of fewcells.evaluate: metrics against scikit-learn, ROC averaging, the learning-curve
+fit on synthetic data, summaries, and the end-to-end driver on synthetic job outputs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    roc_auc_score,
+)
+
+from fewcells import evaluate
+from fewcells.errors import FewcellsError
+
+BINARY = ["healthy", "blast"]
+MULTI = ["lymphocyte", "blast", "neutrophil"]
+
+
+def make_predictions(
+    class_names: list[str], sizes=(10, 20, 40, 80), folds=5, n_test=20, seed=0, strength=0.8
+) -> pd.DataFrame:
+    """Predictions that get better with size: the true class's logit grows with log(size)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for size in sizes:
+        for fold in range(folds):
+            for split, count in (("test", n_test), ("val", 6)):
+                targets = np.arange(count) % len(class_names)
+                logits = rng.normal(0.0, 1.0, (count, len(class_names)))
+                logits[np.arange(count), targets] += strength * np.log(size)
+                probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+                for i, target in enumerate(targets):
+                    row = {
+                        "fold": fold,
+                        "size": size,
+                        "image_id": f"img{fold}_{split}_{i}",
+                        "target": int(target),
+                        "split": split,
+                    }
+                    row.update({f"p_{c}": probabilities[i, k] for k, c in enumerate(class_names)})
+                    rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def make_history(sizes=(10, 20, 40, 80), folds=5, seed=0) -> pd.DataFrame:
+    """Training loss falls; validation loss is U-shaped; folds stop at different epochs."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for size in sizes:
+        for fold in range(folds):
+            best = int(rng.integers(5, 15))
+            for epoch in range(best + 10):
+                rows.append(
+                    {
+                        "fold": fold,
+                        "size": size,
+                        "epoch": epoch,
+                        "train_loss": 0.7 * math.exp(-epoch / 8) + 0.02,
+                        "val_loss": 0.3 + 0.002 * (epoch - best) ** 2 + rng.normal(0, 0.01),
+                        "val_accuracy": 0.8,
+                        "lr": 1e-3,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def write_jobs(tmp_path, pred: pd.DataFrame, history: pd.DataFrame, class_names, task):
+    """Lay the frames out as one predictions.csv + history.csv per (size, fold) job."""
+    prediction_files, history_files = [], []
+    for (size, fold), group in pred.groupby(["size", "fold"]):
+        job = tmp_path / "jobs" / f"n{size}_f{fold}"
+        job.mkdir(parents=True)
+        group.to_csv(job / "predictions.csv", index=False)
+        history[(history["size"] == size) & (history["fold"] == fold)].to_csv(
+            job / "history.csv", index=False
+        )
+        prediction_files.append(job / "predictions.csv")
+        history_files.append(job / "history.csv")
+    classes_json = tmp_path / "CLASSES.json"
+    classes_json.write_text(json.dumps({"classes": class_names, "task": task}))
+    return prediction_files, history_files, classes_json
+
+
+# ------------------------------------------------------------------------------ metrics
+
+
+def brute_force_youden(y_true: np.ndarray, score: np.ndarray) -> tuple[float, float]:
+    """Max of sensitivity + specificity - 1 over every observed score as threshold, and the
+    highest threshold attaining it."""
+    best_j, best_threshold = -np.inf, None
+    for threshold in sorted(set(score), reverse=True):
+        predicted = score >= threshold
+        sensitivity = np.mean(predicted[y_true == 1])
+        specificity = np.mean(~predicted[y_true == 0])
+        if sensitivity + specificity - 1 > best_j + 1e-12:
+            best_j, best_threshold = sensitivity + specificity - 1, threshold
+    return best_j, best_threshold
+
+
+def test_binary_metrics_match_sklearn_and_brute_force():
+    pred = make_predictions(BINARY)
+    metrics = evaluate.binary_metrics(pred, "blast")
+    assert len(metrics) == 4 * 5
+    for row in metrics.itertuples():
+        test = pred[(pred["size"] == row.size) & (pred["fold"] == row.fold) & (pred["split"] == "test")]
+        y_true, score = test["target"].to_numpy(), test["p_blast"].to_numpy()
+        y_pred = (score >= 0.5).astype(int)
+        tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()
+        assert row.n_test == 20
+        assert row.roc_auc == pytest.approx(roc_auc_score(y_true, score))
+        assert row.f1 == pytest.approx(f1_score(y_true, y_pred))
+        assert row.accuracy == pytest.approx(accuracy_score(y_true, y_pred))
+        assert row.sensitivity == pytest.approx(tp / (tp + fn))
+        assert row.specificity == pytest.approx(tn / (tn + fp))
+        best_j, best_threshold = brute_force_youden(y_true, score)
+        assert row.youden_sensitivity + row.youden_specificity - 1 == pytest.approx(best_j)
+        assert row.youden_threshold == pytest.approx(best_threshold)
+
+
+def test_binary_metrics_positive_class_picks_its_column_and_target():
+    pred = make_predictions(BINARY, sizes=(10,), folds=1)
+    as_healthy = evaluate.binary_metrics(pred, "healthy").iloc[0]
+    test = pred[pred["split"] == "test"]
+    assert as_healthy.roc_auc == pytest.approx(
+        roc_auc_score(test["target"] == 0, test["p_healthy"])
+    )
+    with pytest.raises(FewcellsError, match="p_monocyte"):
+        evaluate.binary_metrics(pred, "monocyte")
+
+
+def test_one_class_fold_gives_nan_auc_and_logs(caplog):
+    pred = make_predictions(BINARY, sizes=(10,), folds=2)
+    pred = pred[~((pred["fold"] == 1) & (pred["split"] == "test") & (pred["target"] == 1))]
+    with caplog.at_level(logging.WARNING, logger="fewcells.evaluate"):
+        metrics = evaluate.binary_metrics(pred, "blast").set_index("fold")
+    assert np.isfinite(metrics.loc[0, "roc_auc"])
+    assert np.isnan(metrics.loc[1, "roc_auc"])
+    assert np.isnan(metrics.loc[1, "youden_threshold"])
+    assert np.isnan(metrics.loc[1, "sensitivity"])
+    assert np.isfinite(metrics.loc[1, "specificity"])
+    assert "only one class" in caplog.text
+
+
+def test_multiclass_metrics_match_sklearn():
+    pred = make_predictions(MULTI, sizes=(10, 40), folds=3)
+    metrics = evaluate.multiclass_metrics(pred, MULTI)
+    assert len(metrics) == 6
+    for row in metrics.itertuples():
+        test = pred[(pred["size"] == row.size) & (pred["fold"] == row.fold) & (pred["split"] == "test")]
+        y_true = test["target"].to_numpy()
+        y_pred = test[[f"p_{c}" for c in MULTI]].to_numpy().argmax(axis=1)
+        assert row.macro_f1 == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+        assert row.accuracy == pytest.approx(accuracy_score(y_true, y_pred))
+        assert row.balanced_accuracy == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+
+
+def test_confusion_matrix_table_counts_and_percent():
+    pred = make_predictions(MULTI, sizes=(10, 40), folds=3)
+    table = evaluate.confusion_matrix_table(pred, MULTI, 10)
+    test = pred[(pred["split"] == "test") & (pred["size"] == 10)]
+    expected = confusion_matrix(
+        test["target"], test[[f"p_{c}" for c in MULTI]].to_numpy().argmax(axis=1), labels=[0, 1, 2]
+    )
+    counts = evaluate.confusion_matrix_square(table, "count", MULTI)
+    assert list(counts.index) == MULTI and list(counts.columns) == MULTI
+    np.testing.assert_array_equal(counts.to_numpy(), expected)
+    assert table.groupby("true_class")["percent"].sum().to_numpy() == pytest.approx(100.0)
+    without_neutrophils = pred[pred["target"] != 2]
+    table = evaluate.confusion_matrix_table(without_neutrophils, MULTI, 10)
+    assert table.loc[table["true_class"] == "neutrophil", "percent"].isna().all()
+    with pytest.raises(FewcellsError, match="size 999"):
+        evaluate.confusion_matrix_table(pred, MULTI, 999)
+
+
+# ---------------------------------------------------------------------------- mean ROC
+
+
+def test_mean_roc_known_curve_and_band():
+    one_fold = pd.DataFrame(
+        {
+            "fold": 0,
+            "size": 10,
+            "image_id": list("abcd"),
+            "target": [0, 0, 1, 1],
+            "split": "test",
+            "p_healthy": [0.9, 0.4, 0.6, 0.1],
+            "p_blast": [0.1, 0.6, 0.4, 0.9],
+        }
+    )
+    roc = evaluate.mean_roc(one_fold, "blast", 10, grid=5).set_index("fpr")
+    # ROC points (0,0) (0,.5) (.5,.5) (.5,1) (1,1); the upper point is used at a vertical step.
+    assert roc["tpr_mean"].to_numpy() == pytest.approx([0.5, 0.5, 1.0, 1.0, 1.0])
+    assert roc["auc_mean"].iloc[0] == pytest.approx(0.75)
+
+    pred = make_predictions(BINARY, sizes=(10,), folds=5)
+    roc = evaluate.mean_roc(pred, "blast", 10)
+    assert len(roc) == 101
+    assert roc["fpr"].iloc[0] == 0.0 and roc["fpr"].iloc[-1] == 1.0
+    assert np.all(np.diff(roc["tpr_mean"]) >= 0)
+    assert roc["tpr_mean"].iloc[-1] == pytest.approx(1.0)
+    assert np.all(roc["tpr_lower"] <= roc["tpr_mean"]) and np.all(roc["tpr_mean"] <= roc["tpr_upper"])
+    assert roc["tpr_lower"].min() >= 0 and roc["tpr_upper"].max() <= 1
+    assert roc["tpr_sd"].max() > 0
+    assert roc["n_folds"].iloc[0] == 5
+    aucs = evaluate.binary_metrics(pred, "blast")["roc_auc"]
+    assert roc["auc_mean"].iloc[0] == pytest.approx(aucs.mean())
+
+
+# ---------------------------------------------------------------------- learning curve
+
+
+def synthetic_scores(plateau=0.95, start=0.5, tau=25.0, noise=0.01, folds=10, seed=3):
+    rng = np.random.default_rng(seed)
+    sizes = np.arange(10, 201, 10)
+    rows = [
+        (size, fold, evaluate.saturating_curve(size, plateau, start, tau) + rng.normal(0, noise))
+        for fold in range(folds)
+        for size in sizes
+    ]
+    return pd.DataFrame(rows, columns=["size", "fold", "score"])
+
+
+def test_learning_curve_recovers_known_parameters():
+    plateau, start, tau = 0.95, 0.5, 25.0
+    true_n = math.ceil(tau * math.log((plateau - start) / (0.05 * plateau)))  # 57
+    fit = evaluate.fit_learning_curve(synthetic_scores(plateau, start, tau), n_boot=200, seed=1)
+    assert fit["ok"] and fit["reason"] is None
+    assert fit["plateau"] == pytest.approx(plateau, abs=0.01)
+    assert fit["tau"] == pytest.approx(tau, rel=0.15)
+    assert abs(fit["n_at_fraction"] - true_n) <= 4
+    assert fit["plateau_ci"][0] <= plateau <= fit["plateau_ci"][1]
+    assert fit["n_at_fraction_ci"][0] <= true_n <= fit["n_at_fraction_ci"][1]
+    assert fit["n_boot_ok"] == 200
+    curve = fit["curve"]
+    assert curve["size"].min() == 10 and curve["size"].max() == 200
+    assert np.all(curve["fitted_lower"] <= curve["fitted_score"] + 1e-9)
+    json.dumps({k: v for k, v in fit.items() if k != "curve"})  # JSON-friendly
+
+
+def test_learning_curve_plateau_beyond_range_gives_none():
+    fit = evaluate.fit_learning_curve(
+        synthetic_scores(plateau=0.9, start=0.5, tau=400.0, noise=0.0, folds=3), n_boot=20
+    )
+    assert fit["ok"]
+    assert fit["n_at_fraction"] is None
+
+
+@pytest.mark.parametrize(
+    "frame, reason",
+    [
+        (pd.DataFrame({"size": [10, 20] * 3, "fold": [0, 0, 1, 1, 2, 2], "score": 0.8}), "3 or more"),
+        (pd.DataFrame({"size": [10, 20, 30], "fold": 0, "score": np.nan}), "3 or more"),
+        (pd.DataFrame({"size": [10, 20, 30], "fold": 0, "score": [5.0, -2.0, 7.0]}), "[0, 1]"),
+        (pd.DataFrame({"size": [10, 20, 30], "fold": 0, "auc": 0.9}), "columns"),
+        (pd.DataFrame({"size": [10, 20, 30], "fold": 0, "score": ["x", "y", "z"]}), "3 or more"),
+    ],
+)
+def test_learning_curve_garbage_gives_nan_and_reason(frame, reason):
+    fit = evaluate.fit_learning_curve(frame, n_boot=10)
+    assert not fit["ok"]
+    assert reason in fit["reason"]
+    assert math.isnan(fit["plateau"]) and fit["n_at_fraction"] is None
+
+
+def test_learning_curve_single_fold_fits_without_ci():
+    fit = evaluate.fit_learning_curve(synthetic_scores(folds=1), n_boot=10)
+    assert fit["ok"] and fit["plateau_ci"] == [None, None]
+    assert "2 or more folds" in fit["note"]
+
+
+# ---------------------------------------------------------------------------- summaries
+
+
+def test_summarize_binary_with_paper_reference():
+    metrics = evaluate.binary_metrics(make_predictions(BINARY, sizes=(10, 200)), "blast")
+    summary = evaluate.summarize(metrics, "binary", "all_binary").set_index("size")
+    at_200 = metrics[metrics["size"] == 200]["roc_auc"]
+    assert summary.loc[200, "roc_auc_mean"] == pytest.approx(at_200.mean())
+    assert summary.loc[200, "roc_auc_sd"] == pytest.approx(at_200.std(ddof=1))
+    assert summary.loc[200, "n_folds"] == 5
+    assert (summary.loc[200, "paper_mean"], summary.loc[200, "paper_sd"]) == (0.97, 0.02)
+    assert np.isnan(summary.loc[10, "paper_mean"])
+    assert list(summary.columns[:4]) == ["n_folds", "roc_auc_mean", "roc_auc_sd", "sensitivity_mean"]
+
+
+def test_summarize_multiclass_places_full_set_number_at_largest_size():
+    metrics = evaluate.multiclass_metrics(make_predictions(MULTI, sizes=(10, 40)), MULTI)
+    summary = evaluate.summarize(metrics, "multiclass", "all_multiclass_f1").set_index("size")
+    assert summary.loc[40, "paper_mean"] == 0.81 and np.isnan(summary.loc[10, "paper_mean"])
+    assert "macro_f1_mean" in summary.columns
+    with pytest.raises(FewcellsError, match="binary result"):
+        evaluate.summarize(metrics, "multiclass", "aml_binary")
+    with pytest.raises(FewcellsError, match="unknown paper reference"):
+        evaluate.summarize(metrics, "multiclass", "nature_2030")
+
+
+def test_summary_markdown_table_and_learning_curve_line():
+    metrics = evaluate.binary_metrics(make_predictions(BINARY, sizes=(10, 20, 200)), "blast")
+    summary = evaluate.summarize(metrics, "binary", "all_binary")
+    fit = evaluate.fit_learning_curve(synthetic_scores(), n_boot=50)
+    text = evaluate.summary_markdown(summary, fit, "ALL binary", reference="all_binary")
+    assert text.startswith("# ALL binary")
+    assert "| n (images) | folds | ROC-AUC | paper |" in text
+    assert "| 200 | 5 |" in text and "0.970 ± 0.020" in text
+    assert f"95% of plateau reached at n = {fit['n_at_fraction']} (95% CI " in text
+    assert "about n = 30" in text
+    failed = evaluate.fit_learning_curve(synthetic_scores().head(2), n_boot=10)
+    assert "fit failed" in evaluate.summary_markdown(summary, failed, "ALL binary")
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_evaluate_experiment_binary_writes_every_file(tmp_path):
+    pred, history = make_predictions(BINARY), make_history()
+    files = write_jobs(tmp_path, pred, history, BINARY, "binary")
+    out = tmp_path / "eval"
+    evaluate.evaluate_experiment(
+        *files, out, experiment="ALL binary", reference="all_binary", plot_options={"dpi": 60}, n_boot=20
+    )
+    expected = {
+        "metrics.csv",
+        "summary.csv",
+        "summary.md",
+        "learning_curve.csv",
+        "learning_curve_fit.json",
+        "mean_roc.csv",
+        "loss_curves.png",
+        "roc_mean.png",
+        "auc_boxplot.png",
+        "learning_curve.png",
+    }
+    assert {p.name for p in out.iterdir()} == expected  # and no temporary leftovers
+    for name in expected:
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(pd.read_csv(out / "metrics.csv")) == 20
+    assert len(pd.read_csv(out / "mean_roc.csv")) == 4 * 101
+    assert json.loads((out / "learning_curve_fit.json").read_text())["n_boot"] == 20
+
+
+def test_evaluate_experiment_multiclass_writes_every_file(tmp_path):
+    pred, history = make_predictions(MULTI), make_history()
+    files = write_jobs(tmp_path, pred, history, MULTI, "multiclass")
+    out = tmp_path / "eval"
+    evaluate.evaluate_experiment(
+        *files, out, experiment="ALL 3-class", reference=None, plot_options=None, n_boot=20
+    )
+    assert {p.name for p in out.iterdir()} == {
+        "metrics.csv",
+        "summary.csv",
+        "summary.md",
+        "learning_curve.csv",
+        "learning_curve_fit.json",
+        "confusion_matrix.csv",
+        "confusion_matrix_by_size.csv",
+        "loss_curves.png",
+        "f1_boxplot.png",
+        "learning_curve.png",
+        "confusion_matrix.png",
+    }
+    largest = pd.read_csv(out / "confusion_matrix.csv")
+    assert set(largest["size"]) == {80} and len(largest) == 9
+    assert set(pd.read_csv(out / "confusion_matrix_by_size.csv")["size"]) == {10, 20, 40, 80}
+
+
+def _break_first(files, edit):
+    path = files[0]
+    edit(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "which, edit, message",
+    [
+        (0, lambda p: p.unlink(), "file not found"),
+        (0, lambda p: p.write_text("fold,size\n0,10\n"), "missing columns"),
+        (0, lambda p: p.write_text(""), "not a readable CSV"),
+        (1, lambda p: p.write_text(p.read_text().replace("0.3", "oops", 1)), "must hold numbers"),
+        (
+            0,
+            lambda p: p.write_text(p.read_text().replace(",test,", ",train,")),
+            "no rows with split == 'test'",
+        ),
+    ],
+)
+def test_evaluate_experiment_bad_input_names_the_file(tmp_path, which, edit, message):
+    files = write_jobs(tmp_path, make_predictions(BINARY), make_history(), BINARY, "binary")
+    broken = _break_first(files[which], edit)
+    out = tmp_path / "eval"
+    with pytest.raises(FewcellsError, match=message) as error:
+        evaluate.evaluate_experiment(
+            *files, out, experiment="x", reference=None, plot_options={}, n_boot=5
+        )
+    assert str(broken) in str(error.value)
+    assert not out.exists()
+
+
+def test_evaluate_experiment_rejects_inconsistent_inputs(tmp_path):
+    predictions, histories, classes = write_jobs(
+        tmp_path, make_predictions(BINARY), make_history(), BINARY, "binary"
+    )
+    out = tmp_path / "eval"
+
+    def run(**changes):
+        arguments = {
+            "prediction_files": predictions,
+            "history_files": histories,
+            "classes_json": classes,
+            "out_dir": out,
+            "experiment": "x",
+            "reference": None,
+            "plot_options": {},
+            "n_boot": 5,
+        } | changes
+        evaluate.evaluate_experiment(**arguments)
+
+    with pytest.raises(FewcellsError, match="already read from"):
+        run(prediction_files=predictions + predictions[:1])
+    with pytest.raises(FewcellsError, match="different \\(size, fold\\) jobs"):
+        run(history_files=histories[1:])
+    with pytest.raises(FewcellsError, match="plot_options: unknown keys \\['colour'\\]"):
+        run(plot_options={"colour": "red"})
+    with pytest.raises(FewcellsError, match="roc_sizes"):
+        run(plot_options={"roc_sizes": [15]})
+    with pytest.raises(FewcellsError, match="multiclass result"):
+        run(reference="all_multiclass_f1")
+    classes.write_text(json.dumps({"classes": MULTI, "task": "multiclass"}))
+    with pytest.raises(FewcellsError, match="missing columns"):
+        run()
+    assert not out.exists()

@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from fewcells.errors import FewcellsError
+from fewcells.model import MIN_IMAGE_SIZE, PaperCNN, build_model, to_model_input
+
+
+def n_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_parameter_counts_match_the_paper():
+    assert n_parameters(PaperCNN(2, image_size=257)) == 7_210
+    assert n_parameters(PaperCNN(6, image_size=257)) == 7_342
+
+
+def test_flatten_size_follows_image_size():
+    assert PaperCNN(2, image_size=257).hidden.in_features == 16 * 2 * 2
+    assert PaperCNN(2, image_size=400).hidden.in_features == 16 * 4 * 4
+
+
+def test_forward_at_400_px_gives_logits_per_class():
+    model = PaperCNN(2, image_size=400)
+    assert model(torch.rand(2, 3, 400, 400)).shape == (2, 2)
+
+
+def test_embed_is_the_hidden_layer_after_relu():
+    torch.manual_seed(0)
+    model = PaperCNN(6, image_size=257)
+    x = torch.rand(3, 3, 257, 257)
+    embedding = model.embed(x)
+    assert embedding.shape == (3, 32)
+    assert (embedding >= 0).all()
+    torch.testing.assert_close(model.classifier(embedding), model(x))
+
+
+def test_layers_are_named_submodules():
+    model = PaperCNN(2)
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [4, 8, 8, 8, 16, 16]
+    assert all(c.kernel_size == (3, 3) and c.padding == (0, 0) for c in convs)
+    assert isinstance(model.hidden, torch.nn.Linear) and model.hidden.out_features == 32
+    assert isinstance(model.classifier, torch.nn.Linear) and model.classifier.out_features == 2
+
+
+def test_too_small_images_are_refused():
+    PaperCNN(2, image_size=MIN_IMAGE_SIZE)
+    with pytest.raises(FewcellsError, match="image_size"):
+        PaperCNN(2, image_size=MIN_IMAGE_SIZE - 1)
+
+
+def test_build_model_reads_the_config():
+    model = build_model({"name": "paper_cnn", "hidden": 16}, n_classes=3, image_size=257)
+    assert isinstance(model, PaperCNN)
+    assert model.hidden.out_features == 16 and model.classifier.out_features == 3
+
+
+def test_build_model_rejects_unknown_names():
+    with pytest.raises(FewcellsError, match="model.name.*resnet"):
+        build_model({"name": "resnet"}, n_classes=2, image_size=257)
+
+
+def test_to_model_input_scales_and_moves_channels_first():
+    images = torch.zeros(2, 4, 5, 3, dtype=torch.uint8)
+    images[1, 2, 3] = torch.tensor([255, 51, 0], dtype=torch.uint8)
+    x = to_model_input(images)
+    assert x.shape == (2, 3, 4, 5) and x.dtype == torch.float32
+    torch.testing.assert_close(x[1, :, 2, 3], torch.tensor([1.0, 0.2, 0.0]))
+    assert x.sum() == pytest.approx(1.2)

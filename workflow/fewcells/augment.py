@@ -1,0 +1,121 @@
+"""Batched image augmentation on tensors (CPU or GPU): flips, rotation, noise, brightness, contrast.
+
+The paper's Keras ImageDataGenerator used random horizontal + vertical flips and rotation by
+0-359 degrees with fill_mode "nearest" (edge pixels repeated). Here the whole batch is
+augmented at once with one random draw per image; flips and rotation are one bilinear
+`grid_sample` (an affine sampling grid, padding_mode "border": the tensor equivalent of
+"nearest").
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device):
+    """n uniform draws in [low, high) from `generator` (or the global RNG), moved to `device`."""
+    source = generator.device if generator is not None else device
+    draws = torch.rand(n, generator=generator, device=source)
+    return (low + (high - low) * draws).to(device)
+
+
+def _sampling_grid(matrix: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """grid_sample grid (B, H, W, 2) reading each output pixel from input position M @ p.
+
+    `matrix` (B, 2, 2) acts on pixel offsets p = (column, row) from the image centre.
+    """
+    dtype, device = matrix.dtype, matrix.device
+    # Pixel centres in grid_sample's normalised coordinates (align_corners=False).
+    xs = (torch.arange(width, dtype=dtype, device=device) * 2 + 1) / width - 1
+    ys = (torch.arange(height, dtype=dtype, device=device) * 2 + 1) / height - 1
+    # The same matrix on normalised coordinates: rescale the off-diagonal terms when H != W.
+    aspect = torch.tensor([[1.0, height / width], [width / height, 1.0]], dtype=dtype)
+    normalised = matrix * aspect.to(device)
+    from_x = normalised[:, None, None, :, 0] * xs[None, None, :, None]  # (B, 1, W, 2)
+    from_y = normalised[:, None, None, :, 1] * ys[None, :, None, None]  # (B, H, 1, 2)
+    return from_x + from_y
+
+
+def _rotation_matrix(degrees: torch.Tensor) -> torch.Tensor:
+    """Sampling matrices (B, 2, 2) that turn pictures anticlockwise (as displayed) by `degrees`."""
+    radians = torch.deg2rad(degrees)
+    cos, sin = torch.cos(radians), torch.sin(radians)
+    return torch.stack((torch.stack((cos, -sin), -1), torch.stack((sin, cos), -1)), -2)
+
+
+def _resample(images: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """Bilinear resampling; positions outside the image repeat the nearest edge pixel."""
+    grid = _sampling_grid(matrix.to(images.dtype), *images.shape[-2:])
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def rotate_batch(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each float image (B, C, H, W) about its centre by its angle in `degrees` (B,).
+
+    Positive angles turn the picture anticlockwise as displayed (row 0 at the top), like
+    torch.rot90 over dims (-2, -1); pixels that come from outside the image repeat the nearest
+    edge pixel (Keras fill_mode "nearest").
+    """
+    return _resample(images, _rotation_matrix(degrees.to(images.device)))
+
+
+class BatchAugment(nn.Module):
+    """Random augmentation of a batch (B, C, H, W), one independent draw per image.
+
+    Steps, each only when enabled: horizontal and vertical flips (each with probability 1/2),
+    rotation by an angle uniform in [0, 360) degrees, brightness (multiply by a factor uniform
+    in [1 - brightness, 1 + brightness]), contrast (scale the deviation from the image mean by a
+    factor uniform in [1 - contrast, 1 + contrast]), additive gaussian noise of sd `noise_std`.
+    The result is clipped to [0, 1]. Deterministic given a torch.Generator.
+    """
+
+    def __init__(
+        self,
+        flips: bool = True,
+        rotation: bool = True,
+        noise_std: float = 0.0,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.flips = flips
+        self.rotation = rotation
+        self.noise_std = noise_std
+        self.brightness = brightness
+        self.contrast = contrast
+
+    def forward(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Augment uint8 (0-255) or float ([0, 1]) images; returns float in [0, 1]."""
+        x = images.float().div(255.0) if images.dtype == torch.uint8 else images
+        n, device = len(x), x.device
+        if self.flips:
+            flip_h = _uniform(n, 0.0, 1.0, generator, device) < 0.5
+            flip_v = _uniform(n, 0.0, 1.0, generator, device) < 0.5
+        if self.rotation:
+            matrix = _rotation_matrix(_uniform(n, 0.0, 360.0, generator, device))
+            if self.flips:
+                # Flip then rotate in one resampling: read the rotated position, mirrored.
+                signs = torch.stack((flip_h, flip_v), -1).to(matrix.dtype) * -2 + 1
+                matrix = signs[:, :, None] * matrix
+            x = _resample(x, matrix)
+        elif self.flips:
+            x = torch.where(flip_h[:, None, None, None], x.flip(-1), x)
+            x = torch.where(flip_v[:, None, None, None], x.flip(-2), x)
+        if self.brightness > 0:
+            factor = _uniform(n, 1.0 - self.brightness, 1.0 + self.brightness, generator, device)
+            x = x * factor[:, None, None, None]
+        if self.contrast > 0:
+            factor = _uniform(n, 1.0 - self.contrast, 1.0 + self.contrast, generator, device)
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) * factor[:, None, None, None] + mean
+        if self.noise_std > 0:
+            source = generator.device if generator is not None else device
+            noise = torch.randn(x.shape, generator=generator, device=source).to(device)
+            x = x + self.noise_std * noise
+        if self.brightness > 0 or self.contrast > 0 or self.noise_std > 0:
+            x = x.clamp(0.0, 1.0)
+        return x

@@ -1,0 +1,219 @@
+"""The `fewcells` command: one subcommand per workflow stage, as the Snakemake rules call them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from fewcells.errors import FewcellsError
+
+
+def _json(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {error}") from error
+
+
+def cmd_demo(args) -> None:
+    from fewcells.demo import generate_demo
+
+    labels = generate_demo(args.out, seed=args.seed, n_per_class=args.n_per_class)
+    print(f"demo: {len(labels)} images written to {args.out}", file=sys.stderr)
+
+
+def cmd_fetch(args) -> None:
+    from fewcells.atomic import write_json
+    from fewcells.demo import generate_demo
+    from fewcells.fetch import fetch
+
+    dataset = args.dataset
+    if dataset["kind"] == "demo":
+        files = args.out / "files"
+        generate_demo(files, **dataset["demo"])
+        write_json({"root": str(files.resolve()), "source": {"demo": dataset["demo"]}},
+                   args.out / "source.json")
+    else:
+        root = fetch(dataset["source"], args.out)
+        print(f"fetch: image root {root}", file=sys.stderr)
+
+
+def cmd_manifest(args) -> None:
+    from fewcells.manifest import build_manifest, write_manifest
+
+    root = Path(json.loads(args.source_json.read_text())["root"])
+    kind = "csv" if args.kind == "demo" else args.kind
+    manifest = build_manifest(
+        root,
+        kind,
+        on_bad_image=args.on_bad_image,
+        labels_csv=args.labels_csv,
+        annotations=args.annotations,
+    )
+    write_manifest(manifest, args.out)
+    counts = manifest["label"].value_counts().sort_index()
+    print(f"manifest: {len(manifest)} images; " + ", ".join(f"{k}: {v}" for k, v in counts.items()),
+          file=sys.stderr)
+
+
+def cmd_dedup(args) -> None:
+    from fewcells.atomic import write_csv, write_json
+    from fewcells.dedup import DedupSettings, find_duplicates
+    from fewcells.manifest import build_manifest, read_manifest
+
+    settings = DedupSettings.from_config(args.settings)
+    if args.input.is_dir():
+        manifest = build_manifest(args.input, args.kind)
+    else:
+        manifest = read_manifest(args.input)
+    pairs, kept = find_duplicates(manifest, settings, workers=args.threads)
+    write_csv(pairs, args.out / "pairs.csv")
+    write_csv(kept, args.out / "kept.csv")
+    removed = pairs[pairs["removed"]]
+    write_json(
+        {"images": len(manifest), "kept": len(kept), "removed": len(manifest) - len(kept),
+         "candidate_pairs": len(pairs), "confirmed_pairs": int(pairs["confirmed"].sum()),
+         "removed_images": removed["image_b"].tolist()},
+        args.out / "dedup_summary.json",
+    )
+    print(f"dedup: {len(manifest)} images, {len(pairs)} candidate pairs, "
+          f"{int(pairs['confirmed'].sum())} confirmed, kept {len(kept)}, "
+          f"removed {len(manifest) - len(kept)}", file=sys.stderr)
+
+
+def cmd_folds(args) -> None:
+    from fewcells.atomic import write_csv, write_json
+    from fewcells.folds import assign_folds
+
+    kept = pd.read_csv(args.kept, dtype={"image_id": str, "label": str})
+    spec = args.spec
+    folds, names = assign_folds(
+        kept, spec.get("classes"), k=spec["k"], n_val=spec["n_val"], sizes=spec["sizes"],
+        seed=spec["seed"], test_size=spec.get("test_size"),
+    )
+    write_csv(folds, args.out / "folds.csv")
+    task = "binary" if len(names) == 2 else "multiclass"
+    write_json({"classes": names, "task": task}, args.out / "classes.json")
+    per_class = folds[folds["fold"] == 0].groupby(["role", "class_name"]).size()
+    print(f"folds: {spec['k']} folds, classes {names}; fold 0: "
+          + ", ".join(f"{r}/{c}={n}" for (r, c), n in per_class.items()), file=sys.stderr)
+
+
+def cmd_store(args) -> None:
+    from fewcells.store import build_store
+
+    kept = pd.read_csv(args.kept, dtype={"image_id": str, "label": str})
+    build_store(kept, args.out, args.image_size, args.fit)
+    print(f"store: {len(kept)} images at {args.image_size} px in {args.out}", file=sys.stderr)
+
+
+def cmd_train(args) -> None:
+    from fewcells.train import run_training
+
+    info = run_training(
+        args.store, args.folds / "folds.csv", args.folds / "classes.json", args.fold, args.size,
+        args.train_config, args.model_config, args.out, image_size=args.image_size,
+        progress=args.progress,
+    )
+    print(f"train: fold {args.fold} size {args.size}: {json.dumps(info)}", file=sys.stderr)
+
+
+def cmd_evaluate(args) -> None:
+    from fewcells.evaluate import evaluate_experiment
+
+    train_dirs = sorted(args.train_dirs)
+    evaluate_experiment(
+        [d / "predictions.csv" for d in train_dirs], [d / "history.csv" for d in train_dirs],
+        args.classes, args.out, experiment=args.experiment, reference=args.reference,
+        plot_options=args.plot_options,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fewcells", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="write the synthetic demo data set")
+    p.add_argument("out", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-per-class", type=int, default=40)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("fetch", help="materialise a data set (folder, archive, URL or demo)")
+    p.add_argument("--dataset", type=_json, required=True, help="the dataset config (JSON)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("manifest", help="table of every image: id, path, label, size, sha256")
+    p.add_argument("source_json", type=Path)
+    p.add_argument("--kind", required=True)
+    p.add_argument("--on-bad-image", default="error", choices=["error", "skip"])
+    p.add_argument("--labels-csv", default="labels.csv")
+    p.add_argument("--annotations", default=None)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_manifest)
+
+    p = sub.add_parser("dedup", help="perceptual-hash deduplication with pixel confirmation")
+    p.add_argument("input", type=Path, help="a manifest CSV or a folder of images")
+    p.add_argument("--kind", default="all_idb2", help="layout when INPUT is a folder")
+    p.add_argument("--settings", type=_json, default={}, help="dedup settings (JSON)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_dedup)
+
+    p = sub.add_parser("folds", help="k-fold test/val/pool assignment with nested sizes")
+    p.add_argument("kept", type=Path)
+    p.add_argument("--spec", type=_json, required=True,
+                   help='JSON: {"k", "n_val", "sizes", "seed", "test_size", "classes"}')
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_folds)
+
+    p = sub.add_parser("store", help="uint8 tensor store of the kept images")
+    p.add_argument("kept", type=Path)
+    p.add_argument("--image-size", type=int, required=True)
+    p.add_argument("--fit", default="pad", choices=["pad", "resize"])
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_store)
+
+    p = sub.add_parser("train", help="train one network for one (training size, fold)")
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--folds", type=Path, required=True, help="folder with folds.csv, classes.json")
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--image-size", type=int, required=True)
+    p.add_argument("--train-config", type=_json, default={})
+    p.add_argument("--model-config", type=_json, default={"name": "paper_cnn"})
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics, summary and figures of a training-size sweep")
+    p.add_argument("train_dirs", type=Path, nargs="+")
+    p.add_argument("--classes", type=Path, required=True)
+    p.add_argument("--experiment", required=True)
+    p.add_argument("--reference", default=None)
+    p.add_argument("--plot-options", type=_json, default={})
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; a FewcellsError prints one line and exits with status 2."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except FewcellsError as error:
+        print(f"fewcells {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Figures of a training-size sweep, one function per figure, each returning a Figure.
+
+Figures are built with `matplotlib.figure.Figure` directly (no pyplot, no GUI backend,
+no global figure registry); PNG output renders through Agg. Saving is the caller's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+METRIC_LABELS = {
+    "roc_auc": "ROC-AUC",
+    "sensitivity": "Sensitivity (p ≥ 0.5)",
+    "specificity": "Specificity (p ≥ 0.5)",
+    "youden_threshold": "Youden threshold",
+    "youden_sensitivity": "Sensitivity (Youden)",
+    "youden_specificity": "Specificity (Youden)",
+    "accuracy": "Accuracy",
+    "f1": "F1 (p ≥ 0.5)",
+    "macro_f1": "Macro F1",
+    "balanced_accuracy": "Balanced accuracy",
+}
+TRAIN_COLOUR, VAL_COLOUR, FIT_COLOUR, PAPER_COLOUR = "tab:blue", "tab:orange", "tab:red", "black"
+
+
+def spread_sizes(sizes: Sequence[int], count: int = 4) -> list[int]:
+    """Up to `count` sizes spread evenly (by rank) from the smallest to the largest."""
+    ordered = sorted(set(sizes))
+    picks = np.linspace(0, len(ordered) - 1, min(count, len(ordered))).round().astype(int)
+    return [ordered[i] for i in dict.fromkeys(picks)]
+
+
+def _title(experiment: str, what: str) -> str:
+    return f"{experiment}: {what}" if experiment else what
+
+
+def _fold_count_text(counts: pd.Series) -> str:
+    low, high = int(counts.min()), int(counts.max())
+    return f"{high} folds per size" if low == high else f"{low}–{high} folds per size"
+
+
+def loss_curves(
+    history: pd.DataFrame, sizes: Sequence[int] | None = None, *, experiment: str = ""
+) -> Figure:
+    """Train and validation loss vs epoch, one panel per size (paper Fig. 3a).
+
+    Thin lines: folds; thick lines: mean over the folds still training at that epoch;
+    dots: each fold's best epoch (lowest validation loss, the checkpoint that is tested).
+    """
+    sizes = spread_sizes(history["size"].unique()) if sizes is None else list(sizes)
+    figure = Figure(figsize=(3.6 * len(sizes) + 0.8, 3.8), layout="constrained")
+    axes = figure.subplots(1, len(sizes), sharey=True, squeeze=False)[0]
+    for ax, size in zip(axes, sizes, strict=True):
+        runs = history[history["size"] == size]
+        for _, run in runs.groupby("fold"):
+            run = run.sort_values("epoch")
+            ax.plot(run["epoch"], run["train_loss"], color=TRAIN_COLOUR, lw=0.6, alpha=0.35)
+            ax.plot(run["epoch"], run["val_loss"], color=VAL_COLOUR, lw=0.6, alpha=0.35)
+            if run["val_loss"].notna().any():
+                best = run.loc[run["val_loss"].idxmin()]
+                ax.plot(
+                    best["epoch"],
+                    best["val_loss"],
+                    "o",
+                    color=VAL_COLOUR,
+                    ms=4,
+                    mec="black",
+                    mew=0.5,
+                )
+        means = runs.groupby("epoch")[["train_loss", "val_loss"]].mean()
+        ax.plot(means.index, means["train_loss"], color=TRAIN_COLOUR, lw=2)
+        ax.plot(means.index, means["val_loss"], color=VAL_COLOUR, lw=2)
+        ax.set_title(f"n = {size} images ({runs['fold'].nunique()} folds)", fontsize=10)
+        ax.set_xlabel("Epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Cross-entropy loss")
+    axes[0].set_ylim(bottom=0)
+    handles = [
+        Line2D([], [], color=TRAIN_COLOUR, lw=2, label="training loss (mean)"),
+        Line2D([], [], color=VAL_COLOUR, lw=2, label="validation loss (mean)"),
+        Line2D([], [], color="grey", lw=0.6, label="single folds"),
+        Line2D(
+            [], [], marker="o", ls="", color=VAL_COLOUR, mec="black", label="best epoch of a fold"
+        ),
+    ]
+    axes[-1].legend(handles=handles, fontsize=8, loc="upper right")
+    figure.suptitle(_title(experiment, "loss during training"))
+    return figure
+
+
+def roc_curves(mean_roc_by_size: pd.DataFrame, *, experiment: str = "") -> Figure:
+    """Mean test ROC curve with a ±1 s.d. band per size, chance diagonal (paper Fig. 3b).
+
+    Input: rows of `evaluate.mean_roc` for a few sizes (columns size, fpr, tpr_mean,
+    tpr_lower, tpr_upper, n_folds, auc_mean, auc_sd).
+    """
+    figure = Figure(figsize=(5.6, 5.4), layout="constrained")
+    ax = figure.subplots()
+    sizes = sorted(mean_roc_by_size["size"].unique())
+    colours = colormaps["viridis"](np.linspace(0.0, 0.85, max(len(sizes), 1)))
+    for colour, size in zip(colours, sizes, strict=True):
+        curve = mean_roc_by_size[mean_roc_by_size["size"] == size].sort_values("fpr")
+        first = curve.iloc[0]
+        label = (
+            f"n = {size}: AUC {first['auc_mean']:.3f} ± {first['auc_sd']:.3f} "
+            f"({int(first['n_folds'])} folds)"
+        )
+        ax.fill_between(
+            curve["fpr"], curve["tpr_lower"], curve["tpr_upper"], color=colour, alpha=0.15, lw=0
+        )
+        ax.plot(curve["fpr"], curve["tpr_mean"], color=colour, lw=2, label=label)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("False-positive rate (1 − specificity)")
+    ax.set_ylabel("True-positive rate (sensitivity)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8, title="mean ± 1 s.d. over folds", title_fontsize=8)
+    ax.set_title(_title(experiment, "mean test ROC by training size n"), fontsize=11)
+    return figure
+
+
+def score_boxplot(
+    metrics: pd.DataFrame,
+    score: str = "roc_auc",
+    *,
+    paper: Mapping[int, tuple[float, float]] | None = None,
+    experiment: str = "",
+) -> Figure:
+    """Box plot of a per-fold test score vs training size, folds overlaid (paper Fig. 4a/6);
+    `paper` maps size -> (mean, sd) drawn as mean ± s.d. where the paper reports one."""
+    sizes = sorted(metrics["size"].unique())
+    values = [metrics.loc[metrics["size"] == s, score].dropna().to_numpy() for s in sizes]
+    positions = np.arange(len(sizes))
+    figure = Figure(figsize=(max(5.0, 0.45 * len(sizes) + 2.5), 4.2), layout="constrained")
+    ax = figure.subplots()
+    ax.boxplot(
+        values, positions=positions, widths=0.6, showfliers=False, medianprops={"color": "tab:blue"}
+    )
+    jitter = np.random.default_rng(0)
+    for position, points in zip(positions, values, strict=True):
+        offsets = jitter.uniform(-0.15, 0.15, len(points))
+        ax.plot(position + offsets, points, "o", ms=3, color="grey", alpha=0.7, mew=0)
+    handles = [Line2D([], [], marker="o", ls="", color="grey", ms=3, label="single folds")]
+    for size, (mean, sd) in (paper or {}).items():
+        if size in sizes:
+            ax.errorbar(
+                sizes.index(size) + 0.3, mean, yerr=sd, fmt="D", color=PAPER_COLOUR, ms=5, capsize=3
+            )
+    if paper and any(size in sizes for size in paper):
+        handles.append(
+            Line2D([], [], marker="D", ls="", color=PAPER_COLOUR, label="paper (mean ± s.d.)")
+        )
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    ax.set_xticks(positions, [str(s) for s in sizes], rotation=45 if len(sizes) > 10 else 0)
+    counts = metrics.groupby("size")[score].count()
+    ax.set_xlabel(f"Training-set size n (images; {_fold_count_text(counts)})")
+    ax.set_ylabel(f"{METRIC_LABELS.get(score, score)} on the test fold")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(
+        _title(experiment, f"{METRIC_LABELS.get(score, score)} vs training size"), fontsize=11
+    )
+    return figure
+
+
+def learning_curve(
+    metrics: pd.DataFrame, fit: dict, *, score: str = "roc_auc", experiment: str = ""
+) -> Figure:
+    """Per-fold scores, their mean, the fitted saturating curve with its bootstrap band,
+    the plateau and the size reaching the plateau fraction with its 95% CI."""
+    label = METRIC_LABELS.get(score, score)
+    figure = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = figure.subplots()
+    ax.plot(
+        metrics["size"],
+        metrics[score],
+        "o",
+        ms=3,
+        color="grey",
+        alpha=0.5,
+        mew=0,
+        label="single folds",
+    )
+    means = metrics.groupby("size")[score].mean()
+    ax.plot(means.index, means.to_numpy(), "s-", color="black", ms=4, lw=1, label="mean over folds")
+    if fit["ok"]:
+        curve = fit["curve"]
+        ax.plot(
+            curve["size"],
+            curve["fitted_score"],
+            color=FIT_COLOUR,
+            lw=2,
+            label=f"fit: {fit['model']}",
+        )
+        if curve["fitted_lower"].notna().any():
+            ax.fill_between(
+                curve["size"],
+                curve["fitted_lower"],
+                curve["fitted_upper"],
+                color=FIT_COLOUR,
+                alpha=0.15,
+                lw=0,
+            )
+        ax.axhline(
+            fit["plateau"],
+            color=FIT_COLOUR,
+            ls="--",
+            lw=1,
+            label=f"plateau a = {fit['plateau']:.3f}",
+        )
+        percent = round(100 * fit["plateau_fraction"])
+        n = fit["n_at_fraction"]
+        n_lo, n_hi = fit["n_at_fraction_ci"]
+        if n is not None:
+            ci = ""
+            if n_lo is not None:
+                right = n_hi if n_hi is not None else fit["size_range"][1]
+                ax.axvspan(n_lo, right, color="tab:green", alpha=0.12, lw=0)
+                ci = f" (95% CI {n_lo:.0f}–{'>' if n_hi is None else ''}{right:.0f})"
+            ax.axvline(n, color="tab:green", lw=1.5, label=f"{percent}% of plateau at n = {n}{ci}")
+        else:
+            ax.plot([], [], " ", label=f"{percent}% of plateau not reached within the sizes run")
+    else:
+        ax.text(
+            0.5,
+            0.1,
+            f"fit failed: {fit['reason']}",
+            transform=ax.transAxes,
+            ha="center",
+            color=FIT_COLOUR,
+        )
+    ax.set_xlabel(
+        f"Training-set size n (images; {_fold_count_text(metrics.groupby('size')[score].count())})"
+    )
+    ax.set_ylabel(f"{label} on the test fold")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(_title(experiment, f"learning curve ({label})"), fontsize=11)
+    return figure
+
+
+def confusion_matrix(
+    cm_percent: pd.DataFrame | np.ndarray,
+    cm_counts: pd.DataFrame | np.ndarray,
+    class_names: Sequence[str],
+    *,
+    experiment: str = "",
+) -> Figure:
+    """Confusion matrix (rows = true class): percent of the true class, counts below
+    (paper Fig. 7b). Both inputs are square, in `class_names` order."""
+    percent = np.asarray(cm_percent, dtype=float)
+    counts = np.asarray(cm_counts, dtype=float).astype(int)
+    size = max(4.5, 0.9 * len(class_names) + 2.5)
+    figure = Figure(figsize=(size + 1.0, size), layout="constrained")
+    ax = figure.subplots()
+    image = ax.imshow(np.nan_to_num(percent), cmap="Blues", vmin=0, vmax=100)
+    for row in range(len(class_names)):
+        for column in range(len(class_names)):
+            value = percent[row, column]
+            text = "–" if np.isnan(value) else f"{value:.0f}%\n({counts[row, column]})"
+            colour = "white" if value > 60 else "black"
+            ax.text(column, row, text, ha="center", va="center", fontsize=8, color=colour)
+    totals = counts.sum(axis=1)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(
+        range(len(class_names)), [f"{c} ({t})" for c, t in zip(class_names, totals, strict=True)]
+    )
+    ax.set_xlabel("Predicted class")
+    ax.set_ylabel("True class (test images, all folds)")
+    figure.colorbar(image, ax=ax, label="% of the true class", shrink=0.8)
+    ax.set_title(_title(experiment, "test confusion matrix"), fontsize=11)
+    return figure

@@ -1,0 +1,70 @@
+"""A compact uint8 tensor store of the deduplicated images that training memory-maps."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from fewcells.atomic import atomic_path
+from fewcells.errors import FewcellsError
+from fewcells.manifest import load_rgb
+
+FITS = ("pad", "resize")
+
+
+def fit_image(image: np.ndarray, size: int, fit: str) -> np.ndarray:
+    """Bring an (H, W, 3) image to (size, size, 3).
+
+    "pad": centre it, repeating edge pixels where it is smaller and cropping the centre
+    where it is larger (ALL-IDB2's border crops); "resize": bilinear resize.
+    """
+    if fit == "resize":
+        resized = Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(resized)
+    if fit != "pad":
+        raise FewcellsError(f"store.fit must be one of {FITS}, not {fit!r}")
+    height, width = image.shape[:2]
+    top, left = max(0, (height - size) // 2), max(0, (width - size) // 2)
+    image = image[top : top + size, left : left + size]
+    pad_y, pad_x = size - image.shape[0], size - image.shape[1]
+    padding = ((pad_y // 2, pad_y - pad_y // 2), (pad_x // 2, pad_x - pad_x // 2), (0, 0))
+    return np.pad(image, padding, mode="edge")
+
+
+def build_store(kept: pd.DataFrame, out_dir: Path, image_size: int, fit: str = "pad") -> None:
+    """Write out_dir/images.npy (N, size, size, 3) uint8 and out_dir/index.csv, atomically.
+
+    Images are decoded one at a time into a memory-mapped file, so memory stays flat.
+    """
+    kept = kept.sort_values("image_id").reset_index(drop=True)
+    with atomic_path(out_dir, directory=True) as tmp:
+        images = np.lib.format.open_memmap(
+            tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(kept), image_size, image_size, 3)
+        )
+        for row, path in enumerate(kept["path"]):
+            images[row] = fit_image(load_rgb(path), image_size, fit)
+            if (row + 1) % 1000 == 0:
+                print(f"store: {row + 1}/{len(kept)} images", file=sys.stderr)
+        images.flush()
+        del images
+        index = pd.DataFrame(
+            {"row": np.arange(len(kept)), "image_id": kept["image_id"], "label": kept["label"]}
+        )
+        index.to_csv(tmp / "index.csv", index=False)
+
+
+def open_store(store_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
+    """Memory-map the images and read the index, naming the folder if either is missing."""
+    store_dir = Path(store_dir)
+    try:
+        images = np.load(store_dir / "images.npy", mmap_mode="r")
+        index = pd.read_csv(store_dir / "index.csv")
+    except FileNotFoundError as error:
+        raise FewcellsError(f"tensor store {store_dir} is incomplete: {error}") from error
+    if len(index) != len(images):
+        raise FewcellsError(f"tensor store {store_dir}: index.csv and images.npy disagree")
+    return images, index

@@ -1,0 +1,550 @@
+"""Training one network for one (training size, fold) job with PyTorch Lightning.
+
+`CellDataModule` serves a fold's images from the tensor store, `CellClassifier` wraps the
+network (augmentation happens on the batch, on the device), and `run_training` trains with
+early stopping on validation loss, then writes the job's outputs (see the data contracts):
+model.ckpt, history.csv, predictions.csv, embeddings.npz and train_info.json.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import resource
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from fewcells.atomic import atomic_path
+from fewcells.augment import BatchAugment
+from fewcells.errors import FewcellsError
+from fewcells.model import build_model, to_model_input
+
+DEFAULT_TRAIN_CONFIG: dict = {
+    "optimizer": "rmsprop",
+    "lr": 1e-3,
+    "rho": 0.9,
+    "momentum": 0.9,
+    "batch_size": 5,
+    "max_epochs": 500,
+    "patience": 50,
+    "seed": 0,
+    "threads": 1,
+    "accelerator": "auto",
+    "precision": "32-true",
+    "balance_to": None,
+    "augment": {
+        "flips": True,
+        "rotation": True,
+        "noise_std": 0.0,
+        "brightness": 0.0,
+        "contrast": 0.0,
+    },
+}
+
+OPTIMIZERS: dict[str, Callable[[Iterable[torch.nn.Parameter], dict], torch.optim.Optimizer]] = {
+    "rmsprop": lambda params, cfg: torch.optim.RMSprop(params, lr=cfg["lr"], alpha=cfg["rho"]),
+    "adam": lambda params, cfg: torch.optim.Adam(params, lr=cfg["lr"]),
+    "sgd": lambda params, cfg: torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"]),
+}
+
+FOLD_COLUMNS = ("fold", "image_id", "label", "target", "class_name", "role", "rank")
+INDEX_COLUMNS = ("row", "image_id", "label")
+HISTORY_COLUMNS = ("fold", "size", "epoch", "train_loss", "val_loss", "val_accuracy", "lr")
+EVAL_BATCH_SIZE = 64  # validation/test/predict batches: no augmentation, no batch statistics
+PROGRESS_EVERY_EPOCHS = 10
+
+
+def train_config(train_cfg: dict | None) -> dict:
+    """DEFAULT_TRAIN_CONFIG updated by `train_cfg` (the augment section merged key by key)."""
+    train_cfg = train_cfg or {}
+    merged = {**DEFAULT_TRAIN_CONFIG, **train_cfg}
+    merged["augment"] = {**DEFAULT_TRAIN_CONFIG["augment"], **(train_cfg.get("augment") or {})}
+    if merged["optimizer"] not in OPTIMIZERS:
+        raise FewcellsError(
+            f"train.optimizer: unknown optimizer {merged['optimizer']!r}; "
+            f"choose one of {', '.join(OPTIMIZERS)}"
+        )
+    return merged
+
+
+def read_class_names(classes_json: str | os.PathLike) -> list[str]:
+    """Class names in target order from CLASSES.json ({"classes": [...], "task": ...})."""
+    try:
+        classes = json.loads(Path(classes_json).read_text())["classes"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise FewcellsError(f"{classes_json}: cannot read the class list: {error}") from error
+    if not isinstance(classes, list) or len(classes) < 2:
+        raise FewcellsError(f"{classes_json}: 'classes' must list at least two class names")
+    return [str(name) for name in classes]
+
+
+class IndexedImages(Dataset):
+    """images[rows[i]] with targets[i], fetched a whole batch at a time: dataset[list_of_i].
+
+    `images` is a uint8 (N, H, W, C) tensor in memory or a memory-mapped numpy array.
+    """
+
+    def __init__(self, images: torch.Tensor | np.ndarray, rows: np.ndarray, targets: np.ndarray):
+        self.images = images
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.targets = torch.tensor(np.asarray(targets), dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.rows[indices]
+        if isinstance(self.images, torch.Tensor):
+            batch = self.images[torch.from_numpy(rows)]
+        else:
+            batch = torch.from_numpy(np.asarray(self.images[rows]))
+        return batch, self.targets[indices]
+
+
+def _batch_loader(
+    dataset: Dataset, batch_size: int, generator: torch.Generator | None = None
+) -> DataLoader:
+    """Whole batches by one dataset[indices] call (no per-image collation), in the main process."""
+    order = (
+        RandomSampler(dataset, generator=generator)
+        if generator is not None
+        else SequentialSampler(dataset)
+    )
+    return DataLoader(
+        dataset,
+        sampler=BatchSampler(order, batch_size=batch_size, drop_last=False),
+        batch_size=None,
+        num_workers=0,
+    )
+
+
+def balanced_positions(targets: np.ndarray, per_class: int) -> np.ndarray:
+    """Positions into `targets` repeating each class's images cyclically to an equal count.
+
+    Every class gets max(per_class, largest class count) entries, so no image is dropped; the
+    random augmentation makes the repeats different images (the paper's balancing by
+    augmentation).
+    """
+    classes = np.unique(targets)
+    count = max(per_class, max(int((targets == c).sum()) for c in classes))
+    return np.concatenate([np.resize(np.flatnonzero(targets == c), count) for c in classes])
+
+
+def _read_csv(path: Path, columns: Iterable[str]) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        raise FewcellsError(f"{path}: cannot read CSV: {error}") from error
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise FewcellsError(f"{path}: missing column(s) {', '.join(missing)}")
+    return frame
+
+
+class CellDataModule(L.LightningDataModule):
+    """One fold's images for training size `size`, served from the tensor store.
+
+    setup() memory-maps STORE/images.npy and copies the fold's train, validation and test images
+    into memory (uint8, channels-last). The training set is the fold's pool rows with
+    rank < size, optionally oversampled to `balance_to` images per class. The predict set is
+    every image of the fold, read from the memory map. `fold_frame` lists those images with
+    their role: test, val, train or pool_unused.
+    """
+
+    def __init__(
+        self,
+        store_dir: str | os.PathLike,
+        folds_csv: str | os.PathLike,
+        fold: int,
+        size: int,
+        *,
+        batch_size: int = 5,
+        seed: int = 0,
+        balance_to: int | None = None,
+        image_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.store_dir = Path(store_dir)
+        self.folds_csv = Path(folds_csv)
+        self.fold = fold
+        self.size = size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.balance_to = balance_to
+        self.image_size = image_size
+        self.fold_frame: pd.DataFrame | None = None
+
+    def _open_store(self) -> tuple[np.ndarray, pd.DataFrame]:
+        images_path = self.store_dir / "images.npy"
+        try:
+            images = np.load(images_path, mmap_mode="r")
+        except (OSError, ValueError) as error:
+            raise FewcellsError(f"{images_path}: cannot open the image store: {error}") from error
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise FewcellsError(
+                f"{images_path}: expected uint8 images (N, H, W, C), "
+                f"found {images.dtype} {images.shape}"
+            )
+        if self.image_size is not None and images.shape[1:3] != (self.image_size,) * 2:
+            raise FewcellsError(
+                f"{images_path}: images are {images.shape[1]}x{images.shape[2]} px, "
+                f"the network expects image_size {self.image_size}"
+            )
+        index = _read_csv(self.store_dir / "index.csv", INDEX_COLUMNS)
+        if not index["row"].between(0, len(images) - 1).all():
+            raise FewcellsError(f"{self.store_dir / 'index.csv'}: rows outside images.npy")
+        return images, index
+
+    def _fold_frame(self, index: pd.DataFrame) -> pd.DataFrame:
+        folds = _read_csv(self.folds_csv, FOLD_COLUMNS)
+        frame = folds[folds["fold"] == self.fold].reset_index(drop=True)
+        where = f"{self.folds_csv}, fold {self.fold}, size {self.size}"
+        if frame.empty:
+            raise FewcellsError(f"{self.folds_csv}: no rows for fold {self.fold}")
+        store_rows = dict(zip(index["image_id"], index["row"], strict=True))
+        unknown = sorted(set(frame["image_id"]) - set(store_rows))
+        if unknown:
+            raise FewcellsError(
+                f"{where}: {len(unknown)} image_id(s) missing from {self.store_dir / 'index.csv'}"
+                f", e.g. {unknown[0]}"
+            )
+        frame["store_row"] = frame["image_id"].map(store_rows).astype(np.int64)
+        pool = frame["role"] == "pool"
+        if pool.sum() < self.size:
+            raise FewcellsError(f"{where}: the training pool has only {pool.sum()} images")
+        frame.loc[pool, "role"] = np.where(
+            frame.loc[pool, "rank"] < self.size, "train", "pool_unused"
+        )
+        train_targets = frame.loc[frame["role"] == "train", "target"]
+        if train_targets.nunique() < 2:
+            raise FewcellsError(
+                f"{where}: the training set needs at least two classes, "
+                f"has {train_targets.nunique()} ({len(train_targets)} images)"
+            )
+        if not (frame["role"] == "val").any():
+            raise FewcellsError(f"{where}: no validation images (role 'val')")
+        return frame
+
+    def setup(self, stage: str) -> None:
+        """Read the store and the fold (once; later calls for other stages reuse it)."""
+        if self.fold_frame is not None:
+            return
+        images, index = self._open_store()
+        frame = self._fold_frame(index)
+        self._store_images = images
+        self.fold_frame = frame
+        self.splits: dict[str, IndexedImages] = {}
+        for role in ("train", "val", "test"):
+            part = frame[frame["role"] == role]
+            in_memory = torch.from_numpy(np.ascontiguousarray(images[part["store_row"].to_numpy()]))
+            positions = np.arange(len(part))
+            if role == "train" and self.balance_to:
+                positions = balanced_positions(part["target"].to_numpy(), self.balance_to)
+            self.splits[role] = IndexedImages(
+                in_memory, positions, part["target"].to_numpy()[positions]
+            )
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return _batch_loader(self.splits["train"], self.batch_size, generator)
+
+    def val_dataloader(self) -> DataLoader:
+        return _batch_loader(self.splits["val"], EVAL_BATCH_SIZE)
+
+    def test_dataloader(self) -> DataLoader:
+        return _batch_loader(self.splits["test"], EVAL_BATCH_SIZE)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Every image of the fold, in fold_frame order."""
+        frame = self.fold_frame
+        dataset = IndexedImages(
+            self._store_images, frame["store_row"].to_numpy(), frame["target"].to_numpy()
+        )
+        return _batch_loader(dataset, EVAL_BATCH_SIZE)
+
+
+class CellClassifier(L.LightningModule):
+    """The network of `model_cfg`, trained with cross-entropy on augmented batches.
+
+    Batches are (uint8 images (B, H, W, C), int64 targets); training batches are augmented on
+    the device with BatchAugment driven by a generator seeded with `seed`. predict_step returns
+    softmax probabilities and the embedding (last hidden layer) of each image.
+    """
+
+    def __init__(
+        self,
+        model_cfg: dict,
+        n_classes: int,
+        image_size: int,
+        train_cfg: dict | None = None,
+        class_names: list[str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_cfg = train_config(train_cfg)
+        self.model = build_model(model_cfg, n_classes, image_size)
+        augment = self.train_cfg["augment"]
+        self.augment = BatchAugment(
+            flips=augment["flips"],
+            rotation=augment["rotation"],
+            noise_std=augment["noise_std"],
+            brightness=augment["brightness"],
+            contrast=augment["contrast"],
+        )
+        self._augment_generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for float images (B, C, H, W) in [0, 1]."""
+        return self.model(x.contiguous(memory_format=torch.channels_last))
+
+    def on_fit_start(self) -> None:
+        self._augment_generator = torch.Generator(device=self.device).manual_seed(self.hparams.seed)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        images, targets = batch
+        logits = self(self.augment(to_model_input(images), self._augment_generator))
+        loss = F.cross_entropy(logits, targets)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(targets))
+        return loss
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
+        images, targets = batch
+        logits = self(to_model_input(images)).float()
+        metrics = {
+            f"{split}_loss": F.cross_entropy(logits, targets),
+            f"{split}_accuracy": (logits.argmax(dim=1) == targets).float().mean(),
+        }
+        self.log_dict(metrics, on_step=False, on_epoch=True, batch_size=len(targets))
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> dict[str, torch.Tensor]:
+        images, _ = batch
+        x = to_model_input(images).contiguous(memory_format=torch.channels_last)
+        embedding = self.model.embed(x)
+        logits = self.model.classifier(embedding)
+        return {
+            "probabilities": torch.softmax(logits.float(), dim=1),
+            "embedding": embedding.float(),
+        }
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return OPTIMIZERS[self.train_cfg["optimizer"]](self.parameters(), self.train_cfg)
+
+
+class EpochHistory(L.Callback):
+    """One history row per epoch (1-based), and a progress line on stderr every few epochs."""
+
+    def __init__(self, fold: int, size: int, every: int = PROGRESS_EVERY_EPOCHS) -> None:
+        self.fold = fold
+        self.size = size
+        self.every = every
+        self.rows: list[dict] = []
+        self._started = time.perf_counter()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        row = {
+            "fold": self.fold,
+            "size": self.size,
+            "epoch": trainer.current_epoch + 1,
+            "train_loss": float(metrics["train_loss"]),
+            "val_loss": float(metrics["val_loss"]),
+            "val_accuracy": float(metrics["val_accuracy"]),
+            "lr": trainer.optimizers[0].param_groups[0]["lr"],
+        }
+        self.rows.append(row)
+        if row["epoch"] == 1 or row["epoch"] % self.every == 0:
+            print(
+                f"{self.describe()} ({time.perf_counter() - self._started:.0f} s)", file=sys.stderr
+            )
+
+    def best(self) -> dict:
+        """The first epoch with the lowest validation loss (the checkpointed one)."""
+        return min(self.rows, key=lambda row: row["val_loss"])
+
+    def describe(self) -> str:
+        """One line: latest epoch's losses and the best validation loss so far."""
+        last, best = self.rows[-1], self.best()
+        return (
+            f"fold {self.fold} size {self.size}: epoch {last['epoch']} "
+            f"train_loss {last['train_loss']:.4f} val_loss {last['val_loss']:.4f} "
+            f"val_accuracy {last['val_accuracy']:.3f} best val_loss {best['val_loss']:.4f} "
+            f"at epoch {best['epoch']}"
+        )
+
+
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's info chatter and the few-workers warning (num_workers=0 is chosen)."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def _write_outputs(
+    tmp: Path,
+    data: CellDataModule,
+    predictions: list[dict[str, torch.Tensor]],
+    class_names: list[str],
+    history: EpochHistory,
+) -> None:
+    """history.csv, predictions.csv (test + val rows) and embeddings.npz into `tmp`."""
+    frame = data.fold_frame
+    probabilities = torch.cat([batch["probabilities"] for batch in predictions]).cpu().numpy()
+    embeddings = torch.cat([batch["embedding"] for batch in predictions]).cpu().numpy()
+    pd.DataFrame(history.rows, columns=HISTORY_COLUMNS).to_csv(tmp / "history.csv", index=False)
+    table = pd.DataFrame(
+        {
+            "fold": data.fold,
+            "size": data.size,
+            "image_id": frame["image_id"],
+            "target": frame["target"],
+            "split": frame["role"],
+        }
+    )
+    for column, name in enumerate(class_names):
+        table[f"p_{name}"] = probabilities[:, column]
+    tested = table[table["split"].isin(["test", "val"])]
+    tested = tested.sort_values("split", key=lambda s: s.map({"test": 0, "val": 1}), kind="stable")
+    tested.to_csv(tmp / "predictions.csv", index=False)
+    np.savez(
+        tmp / "embeddings.npz",
+        image_id=frame["image_id"].to_numpy(dtype=str),
+        role=frame["role"].to_numpy(dtype=str),
+        target=frame["target"].to_numpy(dtype=np.int64),
+        embedding=embeddings.astype(np.float32),
+    )
+
+
+def run_training(
+    store_dir: str | os.PathLike,
+    folds_csv: str | os.PathLike,
+    classes_json: str | os.PathLike,
+    fold: int,
+    size: int,
+    train_cfg: dict,
+    model_cfg: dict,
+    out_dir: str | os.PathLike,
+    *,
+    image_size: int,
+    progress: bool = False,
+) -> dict:
+    """Train one network on fold `fold` with `size` training images; write the job outputs.
+
+    The seed is train_cfg["seed"] + 1000 * fold + size. Training stops early when val_loss has
+    not improved for `patience` epochs; the best-val-loss weights are kept (model.ckpt) and
+    used for predictions and embeddings. Everything is written in a temporary sibling renamed
+    onto `out_dir` at the end, so a failed or killed job leaves no `out_dir`. Returns the
+    train_info dict (also in train_info.json).
+    """
+    started = time.perf_counter()
+    cfg = train_config(train_cfg)
+    class_names = read_class_names(classes_json)
+    seed = int(cfg["seed"]) + 1000 * fold + size
+    torch.set_num_threads(int(cfg["threads"]))
+    data = CellDataModule(
+        store_dir,
+        folds_csv,
+        fold,
+        size,
+        batch_size=int(cfg["batch_size"]),
+        seed=seed,
+        balance_to=cfg["balance_to"],
+        image_size=image_size,
+    )
+    data.setup("fit")
+    if not data.fold_frame["target"].between(0, len(class_names) - 1).all():
+        raise FewcellsError(
+            f"{folds_csv}: targets outside 0..{len(class_names) - 1} ({classes_json} lists "
+            f"{len(class_names)} classes)"
+        )
+    with _quiet_lightning(), atomic_path(out_dir, directory=True) as tmp:
+        L.seed_everything(seed, workers=True, verbose=False)
+        module = CellClassifier(model_cfg, len(class_names), image_size, cfg, class_names, seed)
+        history = EpochHistory(fold, size)
+        checkpoint = ModelCheckpoint(
+            dirpath=tmp,
+            filename="model",
+            monitor="val_loss",
+            mode="min",
+            save_top_k=1,
+            enable_version_counter=False,
+        )
+        early_stopping = EarlyStopping(monitor="val_loss", patience=cfg["patience"], mode="min")
+        trainer = L.Trainer(
+            max_epochs=cfg["max_epochs"],
+            accelerator=cfg["accelerator"],
+            devices=1,
+            precision=cfg["precision"],
+            deterministic=True,
+            callbacks=[history, checkpoint, early_stopping],
+            logger=False,
+            enable_progress_bar=progress,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=tmp,
+        )
+        fit_started = time.perf_counter()
+        trainer.fit(module, datamodule=data)
+        fit_seconds = time.perf_counter() - fit_started
+        print(history.describe() + " (stopped)", file=sys.stderr)
+        best_module = CellClassifier.load_from_checkpoint(checkpoint.best_model_path)
+        predictions = trainer.predict(best_module, dataloaders=data.predict_dataloader())
+        _write_outputs(tmp, data, predictions, class_names, history)
+        best = history.best()
+        info = {
+            "fold": fold,
+            "size": size,
+            "n_train_images": int((data.fold_frame["role"] == "train").sum()),
+            "epochs_run": len(history.rows),
+            "best_epoch": best["epoch"],
+            "best_val_loss": float(checkpoint.best_model_score),
+            "seconds": time.perf_counter() - started,
+            "image_steps_per_second": len(data.splits["train"]) * len(history.rows) / fit_seconds,
+            "device": _device_name(trainer.strategy.root_device),
+            "threads": torch.get_num_threads(),
+            "seed": seed,
+            "n_parameters": sum(p.numel() for p in module.model.parameters()),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        (tmp / "train_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return info

@@ -1,0 +1,115 @@
+import json
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from fewcells.config import fold_ids, train_protocol, validate_config
+from fewcells.errors import FewcellsError
+
+try:
+    CONFIG = validate_config(config)
+except FewcellsError as error:
+    raise WorkflowError(f"invalid configuration: {error}") from None
+
+RESULTS = CONFIG["results"]
+DATASETS = f"{RESULTS}/datasets"
+LOGS = f"{RESULTS}/logs"
+BENCHMARKS = f"{RESULTS}/benchmarks"
+PACKAGE = Path(workflow.basedir) / "workflow" / "fewcells"
+TRAINING_CODE = [str(PACKAGE / name) for name in ("model.py", "augment.py", "train.py")]
+
+
+def is_binary(experiment):
+    classes = CONFIG["experiments"][experiment].get("classes")
+    return classes is not None and len(classes) == 2
+
+
+BINARY = [e for e in CONFIG["run"] if is_binary(e)] or ["__none__"]
+MULTICLASS = [e for e in CONFIG["run"] if not is_binary(e)] or ["__none__"]
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_-]+",
+    experiment=r"[A-Za-z0-9_-]+",
+    size=r"\d+",
+    fold=r"\d+",
+
+
+def experiment_config(wildcards):
+    return CONFIG["experiments"][wildcards.experiment]
+
+
+def dataset_of(wildcards):
+    return CONFIG["experiments"][wildcards.experiment]["dataset"]
+
+
+def kept_csv(wildcards):
+    return f"{DATASETS}/{dataset_of(wildcards)}/dedup/kept.csv"
+
+
+def as_json(section):
+    return json.dumps(section, sort_keys=True)
+
+
+def train_dirs(experiment):
+    cfg = CONFIG["experiments"][experiment]
+    return [
+        f"{RESULTS}/{experiment}/train/n{size}/fold{fold}"
+        for size in sorted(cfg["folds"]["sizes"])
+        for fold in fold_ids(cfg)
+    ]
+
+
+def evaluation_targets(experiment):
+    out = f"{RESULTS}/{experiment}/evaluation"
+    figures = ["loss_curves.png", "learning_curve.png"]
+    if is_binary(experiment):
+        figures += ["roc_mean.png", "auc_boxplot.png"]
+    else:
+        figures += ["f1_boxplot.png", "confusion_matrix.png"]
+    return [f"{out}/{name}" for name in ["summary.md", "metrics.csv", *figures]]
+
+
+def all_targets():
+    targets = []
+    for experiment in CONFIG["run"]:
+        dataset = CONFIG["experiments"][experiment]["dataset"]
+        targets.append(f"{DATASETS}/{dataset}/dedup/dedup_summary.json")
+        targets += evaluation_targets(experiment)
+    return targets
+
+
+def evaluate_inputs(wildcards):
+    dirs = train_dirs(wildcards.experiment)
+    return {
+        "classes": f"{RESULTS}/{wildcards.experiment}/folds/classes.json",
+        "predictions": [f"{d}/predictions.csv" for d in dirs],
+        "history": [f"{d}/history.csv" for d in dirs],
+    }
+
+
+EVALUATE_PARAMS = {
+    "train_dirs": lambda w: train_dirs(w.experiment),
+    "reference": lambda w: (
+        f"--reference {experiment_config(w)['reference']}"
+        if experiment_config(w)["reference"]
+        else ""
+    ),
+    "plots": lambda w: as_json(experiment_config(w)["plots"]),
+    "out": lambda w: f"{RESULTS}/{w.experiment}/evaluation",
+}
+EVALUATE_SHELL = (
+    "fewcells evaluate {params.train_dirs} --classes {input.classes}"
+    " --experiment {wildcards.experiment} {params.reference}"
+    " --plot-options {params.plots:q} --out {params.out} 2> {log}"
+)
+
+
+def figure(name, caption, experiment_label):
+    return report(
+        f"{RESULTS}/{{experiment}}/evaluation/{name}",
+        caption=f"../report/{caption}.rst",
+        category="{experiment}",
+        subcategory="Evaluation",
+        labels={"experiment": "{experiment}", "figure": experiment_label},
+    )

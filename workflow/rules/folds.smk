@@ -1,0 +1,45 @@
+rule folds:
+    input:
+        kept_csv,
+    output:
+        folds=f"{RESULTS}/{{experiment}}/folds/folds.csv",
+        classes=f"{RESULTS}/{{experiment}}/folds/classes.json",
+    log:
+        f"{LOGS}/{{experiment}}/folds.log",
+    conda:
+        "../../envs/fewcells.yaml"
+    params:
+        spec=lambda w: as_json(
+            {
+                k: v
+                for k, v in experiment_config(w)["folds"].items()
+                if k != "run_folds"
+            }
+            | {"classes": experiment_config(w).get("classes")}
+        ),
+        out=lambda w: f"{RESULTS}/{w.experiment}/folds",
+    shell:
+        "fewcells folds {input} --spec {params.spec:q} --out {params.out} 2> {log}"
+
+
+rule store:
+    input:
+        kept_csv,
+    output:
+        images=f"{RESULTS}/{{experiment}}/store/images.npy",
+        index=f"{RESULTS}/{{experiment}}/store/index.csv",
+    log:
+        f"{LOGS}/{{experiment}}/store.log",
+    benchmark:
+        f"{BENCHMARKS}/{{experiment}}/store.tsv"
+    conda:
+        "../../envs/fewcells.yaml"
+    resources:
+        mem_mb=1000,
+    params:
+        size=lambda w: experiment_config(w)["image"]["size"],
+        fit=lambda w: experiment_config(w)["image"]["fit"],
+        out=lambda w: f"{RESULTS}/{w.experiment}/store",
+    shell:
+        "fewcells store {input} --image-size {params.size} --fit {params.fit}"
+        " --out {params.out} 2> {log}"
