@@ -23,8 +23,13 @@ def test_defaults_are_the_paper_protocol():
     config = validate_config(DEMO)
     train = config["experiments"]["demo_multiclass"]["train"]
     assert train["batch_size"] == 5 and train["rho"] == 0.9
-    assert train["augment"] == {"flips": True, "rotation": True, "noise_std": 0.0,
-                                "brightness": 0.0, "contrast": 0.0}
+    assert train["augment"] == {
+        "flips": True,
+        "rotation": True,
+        "noise_std": 0.0,
+        "brightness": 0.0,
+        "contrast": 0.0,
+    }
     assert config["datasets"]["demo"]["dedup"]["max_distance"] == 10
     assert "mem_mb" not in train_protocol(config["experiments"]["demo_binary"])
     assert fold_ids(config["experiments"]["demo_multiclass"]) == [0, 1]
@@ -35,22 +40,35 @@ def test_defaults_are_the_paper_protocol():
 @pytest.mark.parametrize(
     ("edit", "key"),
     [
-        (lambda c: c["experiments"]["demo_binary"]["folds"].update(sizes=[-5]),
-         "experiments.demo_binary.folds.sizes[0]"),
-        (lambda c: c["experiments"]["demo_binary"]["train"].update(lr="fast"),
-         "experiments.demo_binary.train.lr"),
-        (lambda c: c["experiments"]["demo_binary"]["train"].update(patiense=3),
-         "experiments.demo_binary.train"),
+        (
+            lambda c: c["experiments"]["demo_binary"]["folds"].update(sizes=[-5]),
+            "experiments.demo_binary.folds.sizes[0]",
+        ),
+        (
+            lambda c: c["experiments"]["demo_binary"]["train"].update(lr="fast"),
+            "experiments.demo_binary.train.lr",
+        ),
+        (
+            lambda c: c["experiments"]["demo_binary"]["train"].update(patiense=3),
+            "experiments.demo_binary.train",
+        ),
         (lambda c: c["datasets"]["demo"].update(kind="dicom"), "datasets.demo.kind"),
-        (lambda c: c["experiments"]["demo_binary"]["folds"].update(sizes=[10, 500]),
-         "experiments.demo_binary.folds.sizes"),
-        (lambda c: c["experiments"]["demo_binary"].update(dataset="nope"),
-         "experiments.demo_binary.dataset"),
+        (
+            lambda c: c["experiments"]["demo_binary"]["folds"].update(sizes=[10, 500]),
+            "experiments.demo_binary.folds.sizes",
+        ),
+        (
+            lambda c: c["experiments"]["demo_binary"].update(dataset="nope"),
+            "experiments.demo_binary.dataset",
+        ),
         (lambda c: c.update(run=["missing"]), "run"),
         (lambda c: c["datasets"].update(real={"kind": "pbc"}), "datasets.real"),
-        (lambda c: c["datasets"].update(real={"kind": "pbc", "source": {"url": "https://x/a.zip",
-                                                                         "sha256": "12"}}),
-         "datasets.real.source.sha256"),
+        (
+            lambda c: c["datasets"].update(
+                real={"kind": "pbc", "source": {"url": "https://x/a.zip", "sha256": "12"}}
+            ),
+            "datasets.real.source.sha256",
+        ),
     ],
 )
 def test_bad_values_name_the_key(edit, key):

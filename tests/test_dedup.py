@@ -39,7 +39,9 @@ def images(tmp_path):
     rows["orig"] = _write(tmp_path, "orig", big[:257, :257])
     rows["shifted"] = _write(tmp_path, "shifted", big[6:263, 3:260])
     rows["zcopy"] = _write(tmp_path, "zcopy", _scene(3)[:257, :257])
-    noisy = big[:257, :257].astype(float) * 1.08 + np.random.default_rng(7).normal(0, 3, (257, 257, 3))
+    noisy = big[:257, :257].astype(float) * 1.08 + np.random.default_rng(7).normal(
+        0, 3, (257, 257, 3)
+    )
     rows["retake"] = _write(tmp_path, "retake", np.clip(noisy, 0, 255).astype(np.uint8))
     return pd.DataFrame({"image_id": list(rows), "path": list(rows.values()), "label": "x"})
 

@@ -111,7 +111,9 @@ def test_binary_metrics_match_sklearn_and_brute_force():
     metrics = evaluate.binary_metrics(pred, "blast")
     assert len(metrics) == 4 * 5
     for row in metrics.itertuples():
-        test = pred[(pred["size"] == row.size) & (pred["fold"] == row.fold) & (pred["split"] == "test")]
+        test = pred[
+            (pred["size"] == row.size) & (pred["fold"] == row.fold) & (pred["split"] == "test")
+        ]
         y_true, score = test["target"].to_numpy(), test["p_blast"].to_numpy()
         y_pred = (score >= 0.5).astype(int)
         tn, fp, fn, tp = confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()
@@ -155,7 +157,9 @@ def test_multiclass_metrics_match_sklearn():
     metrics = evaluate.multiclass_metrics(pred, MULTI)
     assert len(metrics) == 6
     for row in metrics.itertuples():
-        test = pred[(pred["size"] == row.size) & (pred["fold"] == row.fold) & (pred["split"] == "test")]
+        test = pred[
+            (pred["size"] == row.size) & (pred["fold"] == row.fold) & (pred["split"] == "test")
+        ]
         y_true = test["target"].to_numpy()
         y_pred = test[[f"p_{c}" for c in MULTI]].to_numpy().argmax(axis=1)
         assert row.macro_f1 == pytest.approx(f1_score(y_true, y_pred, average="macro"))
@@ -207,7 +211,9 @@ def test_mean_roc_known_curve_and_band():
     assert roc["fpr"].iloc[0] == 0.0 and roc["fpr"].iloc[-1] == 1.0
     assert np.all(np.diff(roc["tpr_mean"]) >= 0)
     assert roc["tpr_mean"].iloc[-1] == pytest.approx(1.0)
-    assert np.all(roc["tpr_lower"] <= roc["tpr_mean"]) and np.all(roc["tpr_mean"] <= roc["tpr_upper"])
+    assert np.all(roc["tpr_lower"] <= roc["tpr_mean"]) and np.all(
+        roc["tpr_mean"] <= roc["tpr_upper"]
+    )
     assert roc["tpr_lower"].min() >= 0 and roc["tpr_upper"].max() <= 1
     assert roc["tpr_sd"].max() > 0
     assert roc["n_folds"].iloc[0] == 5
@@ -257,7 +263,10 @@ def test_learning_curve_plateau_beyond_range_gives_none():
 @pytest.mark.parametrize(
     "frame, reason",
     [
-        (pd.DataFrame({"size": [10, 20] * 3, "fold": [0, 0, 1, 1, 2, 2], "score": 0.8}), "3 or more"),
+        (
+            pd.DataFrame({"size": [10, 20] * 3, "fold": [0, 0, 1, 1, 2, 2], "score": 0.8}),
+            "3 or more",
+        ),
         (pd.DataFrame({"size": [10, 20, 30], "fold": 0, "score": np.nan}), "3 or more"),
         (pd.DataFrame({"size": [10, 20, 30], "fold": 0, "score": [5.0, -2.0, 7.0]}), "[0, 1]"),
         (pd.DataFrame({"size": [10, 20, 30], "fold": 0, "auc": 0.9}), "columns"),
@@ -289,7 +298,12 @@ def test_summarize_binary_with_paper_reference():
     assert summary.loc[200, "n_folds"] == 5
     assert (summary.loc[200, "paper_mean"], summary.loc[200, "paper_sd"]) == (0.97, 0.02)
     assert np.isnan(summary.loc[10, "paper_mean"])
-    assert list(summary.columns[:4]) == ["n_folds", "roc_auc_mean", "roc_auc_sd", "sensitivity_mean"]
+    assert list(summary.columns[:4]) == [
+        "n_folds",
+        "roc_auc_mean",
+        "roc_auc_sd",
+        "sensitivity_mean",
+    ]
 
 
 def test_summarize_multiclass_places_full_set_number_at_largest_size():
@@ -322,10 +336,17 @@ def test_summary_markdown_table_and_learning_curve_line():
 
 def test_evaluate_experiment_binary_writes_every_file(tmp_path):
     pred, history = make_predictions(BINARY), make_history()
+    # At n = 10 every test set holds healthy cells only: NaN AUCs, no ROC, still no crash.
+    pred = pred[~((pred["size"] == 10) & (pred["split"] == "test") & (pred["target"] == 1))]
     files = write_jobs(tmp_path, pred, history, BINARY, "binary")
     out = tmp_path / "eval"
     evaluate.evaluate_experiment(
-        *files, out, experiment="ALL binary", reference="all_binary", plot_options={"dpi": 60}, n_boot=20
+        *files,
+        out,
+        experiment="ALL binary",
+        reference="all_binary",
+        plot_options={"dpi": 60},
+        n_boot=20,
     )
     expected = {
         "metrics.csv",
@@ -344,8 +365,12 @@ def test_evaluate_experiment_binary_writes_every_file(tmp_path):
         if name.endswith(".png"):
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(pd.read_csv(out / "metrics.csv")) == 20
-    assert len(pd.read_csv(out / "mean_roc.csv")) == 4 * 101
-    assert json.loads((out / "learning_curve_fit.json").read_text())["n_boot"] == 20
+    assert set(pd.read_csv(out / "mean_roc.csv")["size"]) == {20, 40, 80}
+    summary = pd.read_csv(out / "summary.csv").set_index("size")
+    assert summary.loc[10, "n_folds"] == 0 and summary.loc[20, "n_folds"] == 5
+    fit_text = (out / "learning_curve_fit.json").read_text()
+    assert "NaN" not in fit_text and json.loads(fit_text)["n_boot"] == 20
+    assert "of plateau" in (out / "summary.md").read_text()
 
 
 def test_evaluate_experiment_multiclass_writes_every_file(tmp_path):

@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from fewcells.errors import FewcellsError
 from fewcells.fetch import fetch, sha256_file
 

@@ -75,8 +75,14 @@ def test_errors_name_the_key():
     with pytest.raises(FewcellsError, match="folds.sizes"):
         assign_folds(_kept(), CLASSES, k=10, n_val=25, sizes=[10, 201], seed=0)
     with pytest.raises(FewcellsError, match="classes"):
-        assign_folds(_kept(), [{"name": "x", "labels": ["nope"]}, CLASSES[1]], k=10, n_val=5,
-                     sizes=[10], seed=0)
+        assign_folds(
+            _kept(),
+            [{"name": "x", "labels": ["nope"]}, CLASSES[1]],
+            k=10,
+            n_val=5,
+            sizes=[10],
+            seed=0,
+        )
     with pytest.raises(FewcellsError, match="folds.k"):
         assign_folds(_kept(n_b=5), CLASSES, k=10, n_val=5, sizes=[10], seed=0)
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
+
 from fewcells.errors import FewcellsError
 from fewcells.manifest import (
     MANIFEST_COLUMNS,
@@ -16,7 +18,6 @@ from fewcells.manifest import (
     read_manifest,
     write_manifest,
 )
-from PIL import Image
 
 DS_STORE_BYTES = b"\x00\x00\x00\x01Bud1" + bytes(200)
 

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from fewcells.manifest import build_manifest
 
 pytestmark = pytest.mark.realdata

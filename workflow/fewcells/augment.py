@@ -103,6 +103,7 @@ class BatchAugment(nn.Module):
                 matrix = signs[:, :, None] * matrix
             x = _resample(x, matrix)
         elif self.flips:
+            x = x.contiguous()  # torch.where is slow on channels-last strided views
             x = torch.where(flip_h[:, None, None, None], x.flip(-1), x)
             x = torch.where(flip_v[:, None, None, None], x.flip(-2), x)
         if self.brightness > 0:

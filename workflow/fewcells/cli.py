@@ -36,8 +36,10 @@ def cmd_fetch(args) -> None:
     if dataset["kind"] == "demo":
         files = args.out / "files"
         generate_demo(files, **dataset["demo"])
-        write_json({"root": str(files.resolve()), "source": {"demo": dataset["demo"]}},
-                   args.out / "source.json")
+        write_json(
+            {"root": str(files.resolve()), "source": {"demo": dataset["demo"]}},
+            args.out / "source.json",
+        )
     else:
         root = fetch(dataset["source"], args.out)
         print(f"fetch: image root {root}", file=sys.stderr)
@@ -57,8 +59,10 @@ def cmd_manifest(args) -> None:
     )
     write_manifest(manifest, args.out)
     counts = manifest["label"].value_counts().sort_index()
-    print(f"manifest: {len(manifest)} images; " + ", ".join(f"{k}: {v}" for k, v in counts.items()),
-          file=sys.stderr)
+    print(
+        f"manifest: {len(manifest)} images; " + ", ".join(f"{k}: {v}" for k, v in counts.items()),
+        file=sys.stderr,
+    )
 
 
 def cmd_dedup(args) -> None:
@@ -76,14 +80,22 @@ def cmd_dedup(args) -> None:
     write_csv(kept, args.out / "kept.csv")
     removed = pairs[pairs["removed"]]
     write_json(
-        {"images": len(manifest), "kept": len(kept), "removed": len(manifest) - len(kept),
-         "candidate_pairs": len(pairs), "confirmed_pairs": int(pairs["confirmed"].sum()),
-         "removed_images": removed["image_b"].tolist()},
+        {
+            "images": len(manifest),
+            "kept": len(kept),
+            "removed": len(manifest) - len(kept),
+            "candidate_pairs": len(pairs),
+            "confirmed_pairs": int(pairs["confirmed"].sum()),
+            "removed_images": removed["image_b"].tolist(),
+        },
         args.out / "dedup_summary.json",
     )
-    print(f"dedup: {len(manifest)} images, {len(pairs)} candidate pairs, "
-          f"{int(pairs['confirmed'].sum())} confirmed, kept {len(kept)}, "
-          f"removed {len(manifest) - len(kept)}", file=sys.stderr)
+    print(
+        f"dedup: {len(manifest)} images, {len(pairs)} candidate pairs, "
+        f"{int(pairs['confirmed'].sum())} confirmed, kept {len(kept)}, "
+        f"removed {len(manifest) - len(kept)}",
+        file=sys.stderr,
+    )
 
 
 def cmd_folds(args) -> None:
@@ -93,15 +105,23 @@ def cmd_folds(args) -> None:
     kept = pd.read_csv(args.kept, dtype={"image_id": str, "label": str})
     spec = args.spec
     folds, names = assign_folds(
-        kept, spec.get("classes"), k=spec["k"], n_val=spec["n_val"], sizes=spec["sizes"],
-        seed=spec["seed"], test_size=spec.get("test_size"),
+        kept,
+        spec.get("classes"),
+        k=spec["k"],
+        n_val=spec["n_val"],
+        sizes=spec["sizes"],
+        seed=spec["seed"],
+        test_size=spec.get("test_size"),
     )
     write_csv(folds, args.out / "folds.csv")
     task = "binary" if len(names) == 2 else "multiclass"
     write_json({"classes": names, "task": task}, args.out / "classes.json")
     per_class = folds[folds["fold"] == 0].groupby(["role", "class_name"]).size()
-    print(f"folds: {spec['k']} folds, classes {names}; fold 0: "
-          + ", ".join(f"{r}/{c}={n}" for (r, c), n in per_class.items()), file=sys.stderr)
+    print(
+        f"folds: {spec['k']} folds, classes {names}; fold 0: "
+        + ", ".join(f"{r}/{c}={n}" for (r, c), n in per_class.items()),
+        file=sys.stderr,
+    )
 
 
 def cmd_store(args) -> None:
@@ -116,8 +136,15 @@ def cmd_train(args) -> None:
     from fewcells.train import run_training
 
     info = run_training(
-        args.store, args.folds / "folds.csv", args.folds / "classes.json", args.fold, args.size,
-        args.train_config, args.model_config, args.out, image_size=args.image_size,
+        args.store,
+        args.folds / "folds.csv",
+        args.folds / "classes.json",
+        args.fold,
+        args.size,
+        args.train_config,
+        args.model_config,
+        args.out,
+        image_size=args.image_size,
         progress=args.progress,
     )
     print(f"train: fold {args.fold} size {args.size}: {json.dumps(info)}", file=sys.stderr)
@@ -128,8 +155,12 @@ def cmd_evaluate(args) -> None:
 
     train_dirs = sorted(args.train_dirs)
     evaluate_experiment(
-        [d / "predictions.csv" for d in train_dirs], [d / "history.csv" for d in train_dirs],
-        args.classes, args.out, experiment=args.experiment, reference=args.reference,
+        [d / "predictions.csv" for d in train_dirs],
+        [d / "history.csv" for d in train_dirs],
+        args.classes,
+        args.out,
+        experiment=args.experiment,
+        reference=args.reference,
         plot_options=args.plot_options,
     )
 
@@ -168,8 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("folds", help="k-fold test/val/pool assignment with nested sizes")
     p.add_argument("kept", type=Path)
-    p.add_argument("--spec", type=_json, required=True,
-                   help='JSON: {"k", "n_val", "sizes", "seed", "test_size", "classes"}')
+    p.add_argument(
+        "--spec",
+        type=_json,
+        required=True,
+        help='JSON: {"k", "n_val", "sizes", "seed", "test_size", "classes"}',
+    )
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_folds)
 

@@ -65,7 +65,9 @@ def validate_config(config: dict) -> dict:
         folds = experiment["folds"]
         run_folds = folds["run_folds"] or []
         if any(fold >= folds["k"] for fold in run_folds):
-            raise FewcellsError(f"config key {key}.folds.run_folds: folds must be < k = {folds['k']}")
+            raise FewcellsError(
+                f"config key {key}.folds.run_folds: folds must be < k = {folds['k']}"
+            )
         dataset = config["datasets"][experiment["dataset"]]
         if dataset["kind"] == "demo":
             _check_demo_sizes(key, experiment, dataset)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import math
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
-from scipy import ndimage
+from scipy import ndimage, special
 
 from fewcells.atomic import atomic_path
 from fewcells.errors import FewcellsError
@@ -34,6 +34,7 @@ BORDER_CROP_FRACTION = 0.05
 MIN_IMAGE_SIZE = 64
 
 _REFERENCE_SIZE = 257  # lengths below are in pixels of a 257 px image, scaled to image_size
+MAX_DUPLICATE_SHIFT = 5
 _MARGIN = 30  # extra canvas around every image, so a crop can move by up to 30 px
 _MAX_RETAKE_SHIFT = 3
 _EDGE = 1.2  # width in px of the soft edge of every drawn shape
@@ -44,8 +45,10 @@ _RBC_OD = np.array([0.1, 0.25, 0.19], dtype=np.float32)  # pale pink
 _PLASMA_OD = np.array([0.0, 0.02, 0.015], dtype=np.float32)
 _EOSINOPHIL_GRANULE_OD = np.array([0.04, 0.5, 0.68], dtype=np.float32)  # orange-red
 _NEUTROPHIL_GRANULE_OD = np.array([0.22, 0.5, 0.2], dtype=np.float32)  # pink-lilac
-_GREY_LIGHT = np.array([176.0, 178.0, 172.0])
-_BEIGE_LIGHT = np.array([170.0, 162.0, 146.0])
+# Sensor noise: a random byte picks one of 256 equally likely standard-normal values.
+_GAUSSIAN_QUANTILES = special.ndtri((np.arange(256) + 0.5) / 256).astype(np.float32)
+_GREY_LAMP = np.array([176.0, 178.0, 172.0])
+_BEIGE_LAMP = np.array([170.0, 162.0, 146.0])
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,8 @@ class Scene:
     """Optical density of one smear field on the canvas, with its illumination and labels."""
 
     optical_density: np.ndarray  # (H, W, 3)
-    light: np.ndarray  # (H, W, 3) light reaching the camera where nothing absorbs
+    lamp: np.ndarray  # (3,) colour of the light where nothing absorbs
+    brightness: np.ndarray  # (H, W) uneven illumination, about 1
     nucleus: np.ndarray  # (H, W) bool
     cell: np.ndarray  # (H, W) bool, nucleus included
 
@@ -95,19 +99,27 @@ class Frame:
         cols -= origin[1]
         return cls(cos * cols + sin * rows, cos * rows - sin * cols, origin, angle)
 
-    def to_pixels(self, u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def to_pixels(
+        self, u: np.ndarray | float, v: np.ndarray | float
+    ) -> tuple[np.ndarray | float, np.ndarray | float]:
         """(row, col) of points given in frame coordinates."""
         cos, sin = math.cos(self.angle), math.sin(self.angle)
         return self.origin[0] + sin * u + cos * v, self.origin[1] + cos * u - sin * v
 
     def region(self, u: float, v: float, reach: float) -> tuple[slice, slice]:
         """Slices of the pixels within `reach` (px) of a frame point, clipped to the array."""
-        row, col = self.to_pixels(np.float32(u), np.float32(v))
-        height, width = self.u.shape
-        return (
-            slice(min(height, max(0, int(row - reach))), max(0, min(height, int(row + reach) + 2))),
-            slice(min(width, max(0, int(col - reach))), max(0, min(width, int(col + reach) + 2))),
-        )
+        row, col = self.to_pixels(u, v)
+        return _slices_around(row, col, reach, self.u.shape)
+
+
+def _slices_around(
+    row: float, col: float, reach: float, shape: tuple[int, ...]
+) -> tuple[slice, slice]:
+    """Slices of the pixels within `reach` of (row, col), clipped to an array of `shape`."""
+    return (
+        slice(min(shape[0], max(0, int(row - reach))), max(0, min(shape[0], int(row + reach) + 2))),
+        slice(min(shape[1], max(0, int(col - reach))), max(0, min(shape[1], int(col + reach) + 2))),
+    )
 
 
 @dataclass(frozen=True)
@@ -146,7 +158,7 @@ class PlannedImage:
     window: Window
     duplicate_path: str | None = None
     duplicate_kind: str | None = None
-    duplicate_window: Window | None = None
+    duplicate_window: Window | None = None  # None for an exact (byte) copy
 
 
 def generate_demo(
@@ -177,8 +189,7 @@ def generate_demo(
             rng = np.random.default_rng([seed, item.class_index, item.scene_index])
             scene = render_scene(item.label, rng, canvas_size=canvas_size, scale=scale)
             photo = photograph(scene, rng)
-            mask = mask_image(scene)
-            _save(tmp, item.path, item.window.cut(photo), item.window.cut(mask))
+            _save(tmp, item.path, item.window.cut(photo), mask_image(scene, item.window))
             if item.duplicate_kind == "exact":
                 shutil.copyfile(tmp / item.path, tmp / item.duplicate_path)
                 shutil.copyfile(tmp / _mask_path(item.path), tmp / _mask_path(item.duplicate_path))
@@ -186,7 +197,7 @@ def generate_demo(
                 if item.duplicate_kind == "rephotographed":
                     photo = photograph(scene, rng, retake=True)
                 window = item.duplicate_window
-                _save(tmp, item.duplicate_path, window.cut(photo), window.cut(mask))
+                _save(tmp, item.duplicate_path, window.cut(photo), mask_image(scene, window))
         labels = _labels_frame(plan)
         labels.to_csv(tmp / "labels.csv", index=False)
         _duplicates_frame(plan).to_csv(tmp / "planted_duplicates.csv", index=False)
@@ -199,7 +210,7 @@ def render_scene(label: str, rng: np.random.Generator, *, canvas_size: int, scal
     shape = (canvas_size, canvas_size)
     centre = canvas_size / 2 + rng.normal(0, 6 * scale, size=2)
     radius = rng.uniform(*cell_type.radius) * scale
-    box = Frame.around(shape, tuple(centre), 0.0).region(0, 0, 1.25 * radius + 4)
+    box = _slices_around(centre[0], centre[1], 1.25 * radius + 4, shape)
     box_origin = (centre[0] - box[0].start, centre[1] - box[1].start)
     box_shape = (box[0].stop - box[0].start, box[1].stop - box[1].start)
     frame = Frame.around(box_shape, box_origin, rng.uniform(0, 2 * math.pi))
@@ -209,7 +220,7 @@ def render_scene(label: str, rng: np.random.Generator, *, canvas_size: int, scal
     nucleus = _NUCLEUS_DRAWERS[label](frame, radius, rng, scale)
     nucleus_alpha = np.minimum(nucleus.alpha, cell)
     chromatin = nucleus.chromatin * _chromatin_texture(cell_type.chromatin, rng, box_shape, scale)
-    cytoplasm = cell * nucleus.cytoplasm * (1 + 0.05 * _smooth_noise(rng, box_shape, 2 * scale))
+    cytoplasm = cell * nucleus.cytoplasm
     stain = (rng.uniform(0.85, 1.15) * rng.uniform(0.93, 1.07, size=3)).astype(np.float32)
     leukocyte_od = (
         cytoplasm[..., None] * np.asarray(cell_type.cytoplasm_od, dtype=np.float32)
@@ -229,7 +240,8 @@ def render_scene(label: str, rng: np.random.Generator, *, canvas_size: int, scal
     cell_mask[box] = cell >= 0.5
     return Scene(
         optical_density=optical_density,
-        light=_illumination(rng, canvas_size),
+        lamp=_lamp_colour(rng),
+        brightness=_uneven_brightness(rng, canvas_size),
         nucleus=nucleus_mask,
         cell=cell_mask,
     )
@@ -241,7 +253,10 @@ def photograph(scene: Scene, rng: np.random.Generator, *, retake: bool = False) 
     A retake is the same scene photographed again: new noise, a slightly different blur,
     brightness and contrast.
     """
-    image = scene.light * np.exp(-scene.optical_density)
+    image = np.negative(scene.optical_density)
+    np.exp(image, out=image)
+    image *= scene.lamp
+    image *= scene.brightness[..., None]
     blur = rng.uniform(0.6, 0.9) + (rng.uniform(0.2, 0.5) if retake else 0.0)
     image = ndimage.gaussian_filter(image, sigma=(blur, blur, 0))
     if retake:
@@ -249,17 +264,19 @@ def photograph(scene: Scene, rng: np.random.Generator, *, retake: bool = False) 
         contrast = float(rng.choice([-1, 1]) * rng.uniform(0.04, 0.08))
         brightness = float(rng.choice([-1, 1]) * rng.uniform(0.03, 0.06))
         image = (image - mean) * (1 + contrast) + mean * (1 + brightness)
-    image += float(rng.uniform(1.5, 2.5)) * rng.standard_normal(image.shape, dtype=np.float32)
-    return np.clip(image + 0.5, 0, 255).astype(np.uint8)  # + 0.5 then truncation: rounding
+    noise_table = _GAUSSIAN_QUANTILES * float(rng.uniform(1.5, 2.5))
+    image += noise_table[rng.integers(0, len(noise_table), size=image.shape, dtype=np.uint8)]
+    image += 0.5  # then truncation rounds
+    return np.clip(image, 0, 255, out=image).astype(np.uint8)
 
 
-def mask_image(scene: Scene) -> np.ndarray:
-    """The scene's expert-style mask: ALL-IDB2 colours for background, nucleus, cytoplasm."""
-    mask = np.empty(scene.cell.shape + (3,), dtype=np.uint8)
-    mask[...] = MASK_COLOURS["background"]
-    mask[scene.cell] = MASK_COLOURS["cytoplasm"]
-    mask[scene.nucleus] = MASK_COLOURS["nucleus"]
-    return mask
+def mask_image(scene: Scene, window: Window) -> np.ndarray:
+    """Expert-style mask of a crop: ALL-IDB2 colours for background, nucleus, cytoplasm."""
+    palette = np.array(
+        [MASK_COLOURS["background"], MASK_COLOURS["cytoplasm"], MASK_COLOURS["nucleus"]],
+        dtype=np.uint8,
+    )
+    return palette[window.cut(scene.cell).view(np.uint8) + window.cut(scene.nucleus)]
 
 
 def _class_counts(n_per_class: int | dict[str, int], classes: list[str] | None) -> dict[str, int]:
@@ -299,7 +316,11 @@ def _check_arguments(
             f"demo image_size: needs a whole number >= {MIN_IMAGE_SIZE}, got {image_size!r}"
         )
     n_full_size = sum(counts.values()) - _n_border_crops(sum(counts.values()))
-    if not isinstance(n_duplicates, int) or not 0 <= n_duplicates <= n_full_size:
+    if (
+        isinstance(n_duplicates, bool)
+        or not isinstance(n_duplicates, int)
+        or not 0 <= n_duplicates <= n_full_size
+    ):
         raise FewcellsError(
             f"demo n_duplicates: needs a whole number from 0 to {n_full_size} "
             f"(one per full-size original), got {n_duplicates!r}"
@@ -347,32 +368,17 @@ def _plan(
             window=_border_crop(rng, centred) if index in border else centred,
         )
         kind = kind_of.get(index)
-        if kind == "exact":
-            item = _with_duplicate(item, path_for(label), kind, centred)
-        elif kind == "shifted":
+        if kind is not None:
+            item = replace(item, duplicate_path=path_for(label), duplicate_kind=kind)
+        if kind == "shifted":
             first, second = _shifted_windows(rng, image_size)
-            item = _with_duplicate(item, path_for(label), kind, second, window=first)
+            item = replace(item, window=first, duplicate_window=second)
         elif kind == "rephotographed":
             dy, dx = rng.integers(-_MAX_RETAKE_SHIFT, _MAX_RETAKE_SHIFT + 1, size=2)
             moved = Window(centred.top + int(dy), centred.left + int(dx), image_size, image_size)
-            item = _with_duplicate(item, path_for(label), kind, moved)
+            item = replace(item, duplicate_window=moved)
         plan.append(item)
     return plan
-
-
-def _with_duplicate(
-    item: PlannedImage, path: str, kind: str, duplicate_window: Window, window: Window | None = None
-) -> PlannedImage:
-    return PlannedImage(
-        label=item.label,
-        class_index=item.class_index,
-        scene_index=item.scene_index,
-        path=item.path,
-        window=window or item.window,
-        duplicate_path=path,
-        duplicate_kind=kind,
-        duplicate_window=duplicate_window,
-    )
 
 
 def _border_crop(rng: np.random.Generator, window: Window) -> Window:
@@ -387,10 +393,13 @@ def _border_crop(rng: np.random.Generator, window: Window) -> Window:
 
 
 def _shifted_windows(rng: np.random.Generator, image_size: int) -> tuple[Window, Window]:
-    """Two crops of one canvas whose offsets differ by 5-30 px along at least one axis."""
+    """Two crops of one canvas whose offsets differ by 3-5 px along at least one axis.
+
+    Real ALL-IDB2 shifted crops move by 3-9 px; smaller shifts keep them within the default hash distance.
+    """
     while True:
-        shift = rng.integers(-_MARGIN, _MARGIN + 1, size=2)
-        if np.abs(shift).max() >= 5:
+        shift = rng.integers(-MAX_DUPLICATE_SHIFT, MAX_DUPLICATE_SHIFT + 1, size=2)
+        if np.abs(shift).max() >= 3:
             break
     first = [int(rng.integers(max(0, -d), _MARGIN - max(0, d) + 1)) for d in shift]
     second = [f + int(d) for f, d in zip(first, shift, strict=True)]
@@ -508,46 +517,48 @@ def _red_cells(
     centre: np.ndarray,
     cell_radius: float,
 ) -> np.ndarray:
-    """Density map of overlapping red blood cells: pale discs with a lighter centre."""
+    """Density map of red blood cells: pale discs with a lighter centre, overlapping a little."""
     density = np.zeros(shape, dtype=np.float32)
     mean_radius = float(rng.uniform(32, 38)) * scale
-    coverage = float(rng.uniform(0.45, 0.8))
-    n_tries = int(coverage * shape[0] * shape[1] / (math.pi * mean_radius**2)) + 2
-    placed: list[tuple[float, float]] = []
-    for _ in range(n_tries):
-        radius = mean_radius * float(rng.uniform(0.88, 1.12))
-        row, col = (float(x) for x in rng.uniform(-0.6 * radius, np.array(shape) + 0.6 * radius))
-        squash, angle = float(rng.uniform(0.9, 1.0)), float(rng.uniform(0, math.pi))
-        pallor_depth, pallor_width = float(rng.uniform(0.25, 0.7)), float(rng.uniform(0.35, 0.5))
-        thickness = float(rng.uniform(0.8, 1.2))
-        too_close = any(math.hypot(row - r, col - c) < 1.3 * mean_radius for r, c in placed)
-        if too_close or math.hypot(row - centre[0], col - centre[1]) < 0.8 * cell_radius:
-            continue  # red cells overlap a little, and do not sit on the leukocyte
-        placed.append((row, col))
-        top, left = max(0, int(row - radius) - 2), max(0, int(col - radius) - 2)
-        bottom = min(shape[0], int(row + radius) + 3)
-        right = min(shape[1], int(col + radius) + 3)
-        if bottom <= top or right <= left:
+    n_tries = int(rng.uniform(0.45, 0.8) * shape[0] * shape[1] / (math.pi * mean_radius**2)) + 2
+    radii = mean_radius * rng.uniform(0.88, 1.12, n_tries)
+    rows = rng.uniform(-0.6 * radii, shape[0] + 0.6 * radii)
+    cols = rng.uniform(-0.6 * radii, shape[1] + 0.6 * radii)
+    squashes, angles = rng.uniform(0.9, 1.0, n_tries), rng.uniform(0, math.pi, n_tries)
+    pallor_depths, pallor_widths = rng.uniform(0.25, 0.7, n_tries), rng.uniform(0.35, 0.5, n_tries)
+    thicknesses = rng.uniform(0.8, 1.2, n_tries)
+    keep = np.hypot(rows - centre[0], cols - centre[1]) >= 0.8 * cell_radius  # not on the cell
+    placed: list[int] = []
+    for i in np.flatnonzero(keep):
+        if any(
+            math.hypot(rows[i] - rows[j], cols[i] - cols[j]) < 1.3 * mean_radius for j in placed
+        ):
             continue
-        rows, cols = np.ogrid[top:bottom, left:right]
-        dy, dx = rows.astype(np.float32) - row, cols.astype(np.float32) - col
-        cos, sin = math.cos(angle), math.sin(angle)
-        rho = np.hypot(cos * dx + sin * dy, (cos * dy - sin * dx) / squash) / radius
+        placed.append(i)
+        radius, row, col = float(radii[i]), float(rows[i]), float(cols[i])
+        region = _slices_around(row, col, radius + 2, shape)
+        dy = np.arange(region[0].start, region[0].stop, dtype=np.float32)[:, None] - row
+        dx = np.arange(region[1].start, region[1].stop, dtype=np.float32)[None, :] - col
+        cos, sin = math.cos(angles[i]), math.sin(angles[i])
+        rho = np.hypot(cos * dx + sin * dy, (cos * dy - sin * dx) / float(squashes[i])) / radius
         disc = np.clip((1 - rho) * (radius / _EDGE) + 0.5, 0, 1)
-        pallor = pallor_depth * np.exp(-((rho / pallor_width) ** 2))
+        pallor = float(pallor_depths[i]) * np.exp(-((rho / float(pallor_widths[i])) ** 2))
         rim = 0.15 * np.exp(-(((rho - 0.85) / 0.12) ** 2))
-        density[top:bottom, left:right] += disc * (1 - pallor + rim) * thickness
+        density[region] += disc * (1 - pallor + rim) * float(thicknesses[i])
     return density
 
 
-def _illumination(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Background light between grey and beige, with a gentle brightness gradient."""
-    light = _GREY_LIGHT + rng.uniform(0, 1) * (_BEIGE_LIGHT - _GREY_LIGHT)
-    light = light * rng.uniform(0.93, 1.07) + rng.normal(0, 3, size=3)
+def _lamp_colour(rng: np.random.Generator) -> np.ndarray:
+    """Colour of the empty background: between grey and beige, brighter or darker."""
+    lamp = _GREY_LAMP + rng.uniform(0, 1) * (_BEIGE_LAMP - _GREY_LAMP)
+    return (lamp * rng.uniform(0.93, 1.07) + rng.normal(0, 3, size=3)).astype(np.float32)
+
+
+def _uneven_brightness(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A gentle linear brightness gradient across the field, about 1."""
     ramp = np.linspace(-0.5, 0.5, size, dtype=np.float32)
     gradient_rows, gradient_cols = (float(g) for g in rng.uniform(-0.05, 0.05, size=2))
-    brightness = 1 + gradient_rows * ramp[:, None] + gradient_cols * ramp[None, :]
-    return brightness[..., None] * light.astype(np.float32)
+    return 1 + gradient_rows * ramp[:, None] + gradient_cols * ramp[None, :]
 
 
 def _granules(

@@ -484,6 +484,9 @@ def paper_values(reference: str, task: str, sizes: Sequence[int]) -> dict[int, t
     values = PAPER_REFERENCE[reference]
     if isinstance(values, tuple):
         return {int(max(sizes)): values} if len(sizes) else {}
+    not_run = sorted(set(values) - set(sizes))
+    if not_run:
+        log.warning("paper reference %s: sizes %s were not run; not compared", reference, not_run)
     return dict(values)
 
 
@@ -727,9 +730,10 @@ def evaluate_experiment(
     """Evaluate a sweep's job outputs; write tables and figures (each atomically) to out_dir.
 
     Tables: metrics.csv, summary.csv, summary.md, learning_curve.csv, learning_curve_fit.json,
-    mean_roc.csv (binary), confusion_matrix.csv (largest size) and confusion_matrix_by_size.csv
-    (multiclass). Figures: loss_curves.png, learning_curve.png, and roc_mean.png +
-    auc_boxplot.png (binary) or f1_boxplot.png + confusion_matrix.png (multiclass).
+    mean_roc.csv (binary; sizes with a finite AUC), confusion_matrix.csv (largest size) and
+    confusion_matrix_by_size.csv (multiclass). Figures: loss_curves.png, learning_curve.png,
+    and roc_mean.png + auc_boxplot.png (binary) or f1_boxplot.png + confusion_matrix.png
+    (multiclass).
     plot_options: dpi (150), roc_sizes and loss_sizes (default: 4 sizes spread over the range).
     n_boot: bootstrap resamples of the learning-curve fit.
     """
@@ -755,7 +759,14 @@ def evaluate_experiment(
     curve_fit = fit_learning_curve(
         metrics[["size", "fold"]].assign(score=metrics[main]), n_boot=n_boot
     )
-    paper = paper_values(reference, task, sizes) if reference else {}
+    with_paper = summary[summary["paper_mean"].notna()]
+    paper = dict(
+        zip(
+            with_paper["size"],
+            zip(with_paper["paper_mean"], with_paper["paper_sd"], strict=True),
+            strict=True,
+        )
+    )
 
     tables = {
         "metrics.csv": metrics,
@@ -769,7 +780,10 @@ def evaluate_experiment(
         ),
     }
     if task == "binary":
-        roc = pd.concat([mean_roc(pred, class_names[1], size) for size in sizes], ignore_index=True)
+        roc_sizes = sorted(metrics.loc[metrics["roc_auc"].notna(), "size"].unique())
+        roc = pd.concat(
+            [mean_roc(pred, class_names[1], size) for size in roc_sizes], ignore_index=True
+        )
         tables["mean_roc.csv"] = roc
         figures["roc_mean.png"] = plots.roc_curves(
             roc[roc["size"].isin(options["roc_sizes"])], experiment=experiment
@@ -797,9 +811,12 @@ def evaluate_experiment(
     out_dir = Path(out_dir)
     for name, table in tables.items():
         write_csv(table, out_dir / name)
-    write_json(
-        {k: v for k, v in curve_fit.items() if k != "curve"}, out_dir / "learning_curve_fit.json"
-    )
+    fit_parameters = {
+        key: None if isinstance(value, float) and math.isnan(value) else value
+        for key, value in curve_fit.items()
+        if key != "curve"
+    }
+    write_json(fit_parameters, out_dir / "learning_curve_fit.json")
     write_text(summary_markdown(summary, curve_fit, experiment, reference), out_dir / "summary.md")
     for name, figure in figures.items():
         _save_figure(figure, out_dir / name, options["dpi"])

@@ -37,7 +37,8 @@ def spread_sizes(sizes: Sequence[int], count: int = 4) -> list[int]:
 
 
 def _title(experiment: str, what: str) -> str:
-    return f"{experiment}: {what}" if experiment else what
+    """Experiment name above what the figure shows (two lines keep narrow figures unclipped)."""
+    return f"{experiment}\n{what}" if experiment else what
 
 
 def _fold_count_text(counts: pd.Series) -> str:
@@ -89,8 +90,8 @@ def loss_curves(
             [], [], marker="o", ls="", color=VAL_COLOUR, mec="black", label="best epoch of a fold"
         ),
     ]
-    axes[-1].legend(handles=handles, fontsize=8, loc="upper right")
-    figure.suptitle(_title(experiment, "loss during training"))
+    figure.legend(handles=handles, fontsize=9, loc="outside lower center", ncols=len(handles))
+    figure.suptitle(f"{experiment}: loss during training" if experiment else "loss during training")
     return figure
 
 
@@ -208,12 +209,14 @@ def learning_curve(
                 alpha=0.15,
                 lw=0,
             )
+        low, high = fit["plateau_ci"]
+        plateau_ci = f" (95% CI {low:.3f}–{high:.3f})" if None not in (low, high) else ""
         ax.axhline(
             fit["plateau"],
             color=FIT_COLOUR,
             ls="--",
             lw=1,
-            label=f"plateau a = {fit['plateau']:.3f}",
+            label=f"plateau a = {fit['plateau']:.3f}{plateau_ci}",
         )
         percent = round(100 * fit["plateau_fraction"])
         n = fit["n_at_fraction"]
@@ -242,7 +245,9 @@ def learning_curve(
     ax.set_ylabel(f"{label} on the test fold")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    ax.set_title(_title(experiment, f"learning curve ({label})"), fontsize=11)
+    ax.set_title(
+        _title(experiment, f"learning curve ({label}), shaded: 95% bootstrap CI"), fontsize=11
+    )
     return figure
 
 

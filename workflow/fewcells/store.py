@@ -43,7 +43,10 @@ def build_store(kept: pd.DataFrame, out_dir: Path, image_size: int, fit: str = "
     kept = kept.sort_values("image_id").reset_index(drop=True)
     with atomic_path(out_dir, directory=True) as tmp:
         images = np.lib.format.open_memmap(
-            tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(kept), image_size, image_size, 3)
+            tmp / "images.npy",
+            mode="w+",
+            dtype=np.uint8,
+            shape=(len(kept), image_size, image_size, 3),
         )
         for row, path in enumerate(kept["path"]):
             images[row] = fit_image(load_rgb(path), image_size, fit)

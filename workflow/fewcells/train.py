@@ -186,6 +186,8 @@ class CellDataModule(L.LightningDataModule):
         self.balance_to = balance_to
         self.image_size = image_size
         self.fold_frame: pd.DataFrame | None = None
+        self.splits: dict[str, IndexedImages] = {}
+        self._store_images: np.ndarray | None = None
 
     def _open_store(self) -> tuple[np.ndarray, pd.DataFrame]:
         images_path = self.store_dir / "images.npy"
@@ -246,7 +248,6 @@ class CellDataModule(L.LightningDataModule):
         frame = self._fold_frame(index)
         self._store_images = images
         self.fold_frame = frame
-        self.splits: dict[str, IndexedImages] = {}
         for role in ("train", "val", "test"):
             part = frame[frame["role"] == role]
             in_memory = torch.from_numpy(np.ascontiguousarray(images[part["store_row"].to_numpy()]))
@@ -360,7 +361,7 @@ class EpochHistory(L.Callback):
         self.size = size
         self.every = every
         self.rows: list[dict] = []
-        self._started = time.perf_counter()
+        self._started = 0.0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
@@ -398,10 +399,12 @@ class EpochHistory(L.Callback):
 
 
 @contextlib.contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's info chatter and the few-workers warning (num_workers=0 is chosen)."""
+def _lightning_session() -> Iterator[None]:
+    """Quiet Lightning (info chatter, the few-workers warning: num_workers=0 is deliberate)
+    and undo its process-wide deterministic-algorithms switch afterwards."""
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     levels = [logger.level for logger in loggers]
+    deterministic = torch.are_deterministic_algorithms_enabled()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
@@ -412,6 +415,7 @@ def _quiet_lightning() -> Iterator[None]:
         finally:
             for logger, level in zip(loggers, levels, strict=True):
                 logger.setLevel(level)
+            torch.use_deterministic_algorithms(deterministic)
 
 
 def _device_name(device: torch.device) -> str:
@@ -497,7 +501,7 @@ def run_training(
             f"{folds_csv}: targets outside 0..{len(class_names) - 1} ({classes_json} lists "
             f"{len(class_names)} classes)"
         )
-    with _quiet_lightning(), atomic_path(out_dir, directory=True) as tmp:
+    with _lightning_session(), atomic_path(out_dir, directory=True) as tmp:
         L.seed_everything(seed, workers=True, verbose=False)
         module = CellClassifier(model_cfg, len(class_names), image_size, cfg, class_names, seed)
         history = EpochHistory(fold, size)
@@ -526,7 +530,7 @@ def run_training(
         fit_started = time.perf_counter()
         trainer.fit(module, datamodule=data)
         fit_seconds = time.perf_counter() - fit_started
-        print(history.describe() + " (stopped)", file=sys.stderr)
+        print(f"{history.describe()} (finished in {fit_seconds:.0f} s)", file=sys.stderr)
         best_module = CellClassifier.load_from_checkpoint(checkpoint.best_model_path)
         predictions = trainer.predict(best_module, dataloaders=data.predict_dataloader())
         _write_outputs(tmp, data, predictions, class_names, history)
