@@ -289,7 +289,9 @@ def test_bad_inputs_name_the_file(dataset, tmp_path):
     store, folds, classes = dataset
     with pytest.raises(FewcellsError, match="images.npy.*image_size 257"):
         run_training(store, folds, classes, 0, 8, {}, MODEL_CFG, tmp_path / "a", image_size=257)
-    with pytest.raises(FewcellsError, match="folds.csv, fold 0, size 99.*only 32"):
+    with pytest.raises(
+        FewcellsError, match="folds.sizes: training size 99 .*pool \\(32 images\\) of fold 0"
+    ):
         run_training(
             store, folds, classes, 0, 99, {}, MODEL_CFG, tmp_path / "b", image_size=IMAGE_SIZE
         )

@@ -109,7 +109,7 @@ def cmd_folds(args) -> None:
         spec.get("classes"),
         k=spec["k"],
         n_val=spec["n_val"],
-        sizes=spec["sizes"],
+        sizes=spec.get("sizes"),
         seed=spec["seed"],
         test_size=spec.get("test_size"),
     )
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--spec",
         type=_json,
         required=True,
-        help='JSON: {"k", "n_val", "sizes", "seed", "test_size", "classes"}',
+        help='JSON: {"k", "n_val", "seed", "test_size", "classes"}; "sizes" to check them',
     )
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_folds)

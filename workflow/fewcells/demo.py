@@ -395,7 +395,8 @@ def _border_crop(rng: np.random.Generator, window: Window) -> Window:
 def _shifted_windows(rng: np.random.Generator, image_size: int) -> tuple[Window, Window]:
     """Two crops of one canvas whose offsets differ by 3-5 px along at least one axis.
 
-    Real ALL-IDB2 shifted crops move by 3-9 px; smaller shifts keep them within the default hash distance.
+    Real ALL-IDB2 shifted crops move by 3-9 px; smaller shifts stay within the default
+    hash distance.
     """
     while True:
         shift = rng.integers(-MAX_DUPLICATE_SHIFT, MAX_DUPLICATE_SHIFT + 1, size=2)

@@ -91,7 +91,7 @@ def assign_folds(
     *,
     k: int = 10,
     n_val: int = 25,
-    sizes: list[int],
+    sizes: list[int] | None = None,
     seed: int = 0,
     test_size: int | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
@@ -143,7 +143,7 @@ def assign_folds(
             rows += _fold_rows(fold, data, test_idx, n_val, seed)
     folds = pd.concat(rows, ignore_index=True)[FOLD_COLUMNS]
     pool_sizes = folds[folds["role"] == "pool"].groupby("fold").size()
-    too_big = [size for size in sizes if size > pool_sizes.min()]
+    too_big = [size for size in sizes or [] if size > pool_sizes.min()]
     if too_big:
         raise FewcellsError(
             f"folds.sizes: training size(s) {too_big} exceed the smallest training pool "

@@ -226,7 +226,10 @@ class CellDataModule(L.LightningDataModule):
         frame["store_row"] = frame["image_id"].map(store_rows).astype(np.int64)
         pool = frame["role"] == "pool"
         if pool.sum() < self.size:
-            raise FewcellsError(f"{where}: the training pool has only {pool.sum()} images")
+            raise FewcellsError(
+                f"folds.sizes: training size {self.size} is larger than the training pool "
+                f"({pool.sum()} images) of fold {self.fold} in {self.folds_csv}"
+            )
         frame.loc[pool, "role"] = np.where(
             frame.loc[pool, "rank"] < self.size, "train", "pool_unused"
         )

@@ -13,7 +13,7 @@ rule folds:
             {
                 k: v
                 for k, v in experiment_config(w)["folds"].items()
-                if k != "run_folds"
+                if k not in ("sizes", "run_folds")
             }
             | {"classes": experiment_config(w).get("classes")}
         ),

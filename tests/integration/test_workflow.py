@@ -1,0 +1,139 @@
+"""Snakemake runs of the whole workflow on generated demo data, in a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "tests" / "integration" / "configs" / "tiny_demo.yaml"
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run Snakemake on the repository's Snakefile with `workdir` as working directory."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), *args]
+    result = subprocess.run(command, cwd=workdir, env=ENV, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Rule name -> number of jobs a dry run would execute."""
+    output = snakemake(workdir, "-n", "--quiet", "rules", *args).stdout
+    counts = {}
+    for line in output.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "job"):
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("tiny")
+    config = workdir / "config.yaml"
+    config.write_text(TINY.read_text())
+    snakemake(workdir, "--cores", "2", "--configfile", str(config))
+    return workdir
+
+
+def test_demo_workflow_writes_every_output(tiny_run):
+    results = tiny_run / "results"
+    summary = json.loads((results / "datasets/tiny/dedup/dedup_summary.json").read_text())
+    assert summary["images"] == 5 * 12 + 10 and summary["removed"] == 10
+    folds = pd.read_csv(results / "tiny_binary/folds/folds.csv")
+    assert folds[folds.role == "test"].image_id.is_unique
+    for experiment, figures in [
+        ("tiny_binary", ["roc_mean.png", "auc_boxplot.png"]),
+        ("tiny_multiclass", ["f1_boxplot.png", "confusion_matrix.png"]),
+    ]:
+        evaluation = results / experiment / "evaluation"
+        for name in [
+            "summary.md",
+            "metrics.csv",
+            "loss_curves.png",
+            "learning_curve.png",
+            *figures,
+        ]:
+            assert (evaluation / name).stat().st_size > 0, name
+    metrics = pd.read_csv(results / "tiny_binary/evaluation/metrics.csv")
+    assert sorted(metrics["size"].unique()) == [6, 12] and len(metrics) == 4
+    predictions = pd.read_csv(results / "tiny_binary/train/n12/fold1/predictions.csv")
+    assert {"p_other", "p_blast"} <= set(predictions.columns)
+    assert ((predictions.p_other + predictions.p_blast - 1).abs() < 1e-5).all()
+    assert (results / "logs/tiny_binary/train/n6_fold0.log").exists()
+    assert (results / "benchmarks/tiny_binary/train/n6_fold0.tsv").exists()
+
+
+def test_nothing_to_do_after_a_complete_run(tiny_run):
+    assert planned_jobs(tiny_run, "--configfile", str(tiny_run / "config.yaml")) == {}
+
+
+def test_adding_a_size_plans_only_its_jobs_and_the_evaluation(tiny_run):
+    config = yaml.safe_load(TINY.read_text())
+    config["experiments"]["tiny_binary"]["folds"]["sizes"] = [6, 12, 18]
+    bigger = tiny_run / "bigger.yaml"
+    bigger.write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(tiny_run, "--configfile", str(bigger))
+    assert jobs.get("train") == 2  # size 18, two folds
+    assert jobs.get("evaluate_binary") == 1
+    assert "evaluate_multiclass" not in jobs
+    assert not {"fetch", "manifest", "dedup", "store"} & set(jobs)
+
+
+def test_invalid_config_stops_before_any_job(tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["experiments"]["tiny_binary"]["folds"]["sizes"] = [-5]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--cores", "1", "--configfile", str(bad), check=False)
+    assert result.returncode != 0
+    assert "experiments.tiny_binary.folds.sizes[0]" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def _real_config(data: Path, tmp_path: Path) -> Path:
+    config = {
+        "run": [],
+        "datasets": {
+            "all_idb2": {"kind": "all_idb2", "source": {"path": str(data / "ALL_IDB2" / "img")}},
+            "pbc": {"kind": "pbc", "source": {"path": str(data / "PBC_subset")}},
+            "aml": {
+                "kind": "aml_tcia",
+                "source": {"path": str(data / "AML_Cytomorphology_LMU_sample")},
+            },
+        },
+        "experiments": {"placeholder": {"dataset": "all_idb2", "folds": {"sizes": [10]}}},
+    }
+    path = tmp_path / "real.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.realdata
+def test_real_data_sets_through_the_data_stages(real_data, tmp_path):
+    config = _real_config(real_data, tmp_path)
+    targets = [
+        "results/datasets/all_idb2/dedup/dedup_summary.json",
+        "results/datasets/pbc/manifest.csv",
+        "results/datasets/aml/manifest.csv",
+    ]
+    snakemake(tmp_path, *targets, "--cores", "2", "--configfile", str(config))
+    dedup = json.loads((tmp_path / targets[0]).read_text())
+    assert (dedup["images"], dedup["kept"], dedup["removed"]) == (260, 250, 10)
+    pbc = pd.read_csv(tmp_path / targets[1])
+    assert len(pbc) == 3200 and pbc.label.value_counts().eq(400).all()
+    aml = pd.read_csv(tmp_path / targets[2], keep_default_na=False)
+    assert len(aml) == 45
+    assert aml.set_index("image_id").loc["IG/PMB_0013", "label"] == "PMB"
