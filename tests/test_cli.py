@@ -44,7 +44,7 @@ def test_demo_to_folds_pipeline(tmp_path):
     assert main(["dedup", str(data / "manifest.csv"), "--out", str(data / "dedup")]) == 0
     summary = json.loads((data / "dedup" / "dedup_summary.json").read_text())
     assert summary["removed"] == 10 and summary["kept"] == 30
-    spec = {"k": 3, "n_val": 3, "sizes": [5, 10], "seed": 0, "test_size": None, "classes": None}
+    spec = {"k": 3, "n_val": 5, "sizes": [5, 10], "seed": 0, "test_size": None, "classes": None}
     assert (
         main(
             [

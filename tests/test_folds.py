@@ -83,6 +83,8 @@ def test_errors_name_the_key():
             sizes=[10],
             seed=0,
         )
+    with pytest.raises(FewcellsError, match="folds.n_val"):
+        assign_folds(_kept(extra=30), None, k=5, n_val=2, sizes=[10], seed=0)
     with pytest.raises(FewcellsError, match="folds.k"):
         assign_folds(_kept(n_b=5), CLASSES, k=10, n_val=5, sizes=[10], seed=0)
 

@@ -69,6 +69,12 @@ def balanced_order(class_names: pd.Series, rng: np.random.Generator) -> np.ndarr
 
 def _fold_rows(fold, data, test_idx, n_val, seed) -> list[pd.DataFrame]:
     rest = data.drop(index=data.index[test_idx])
+    n_classes = data["class_name"].nunique()
+    if n_val < n_classes:
+        raise FewcellsError(
+            f"folds.n_val = {n_val} is smaller than the number of classes ({n_classes}): "
+            "the validation set is stratified"
+        )
     if n_val >= len(rest):
         raise FewcellsError(f"folds.n_val = {n_val} leaves no training pool ({len(rest)} images)")
     pool, val = train_test_split(
