@@ -67,3 +67,19 @@ def test_to_model_input_scales_and_moves_channels_first():
     assert x.shape == (2, 3, 4, 5) and x.dtype == torch.float32
     torch.testing.assert_close(x[1, :, 2, 3], torch.tensor([1.0, 0.2, 0.0]))
     assert x.sum() == pytest.approx(1.2)
+
+
+def test_pooling_before_relu_gives_exactly_the_papers_conv_relu_pool():
+    torch.manual_seed(0)
+    model = PaperCNN(2, image_size=257)
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    paper_order = [[conv, torch.nn.ReLU(), torch.nn.MaxPool2d(2)] for conv in convs]
+    paper_features = torch.nn.Sequential(*sum(paper_order, []), torch.nn.Flatten())
+    assert [type(m).__name__ for m in paper_features[:3]] == ["Conv2d", "ReLU", "MaxPool2d"]
+    x = torch.rand(4, 3, 257, 257) - 0.5
+    ours = model.features(x)
+    theirs = paper_features(x)
+    assert torch.equal(ours, theirs)
+    (grad_ours,) = torch.autograd.grad(ours.square().sum(), model.features[0].weight)
+    (grad_theirs,) = torch.autograd.grad(theirs.square().sum(), paper_features[0].weight)
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=0, atol=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -165,6 +166,29 @@ def cmd_evaluate(args) -> None:
     )
 
 
+def cmd_benchmark(args) -> None:
+    from fewcells import benchmark
+
+    if args.what == "training":
+        result = benchmark.benchmark_training(size=args.size, epochs=args.epochs, cores=args.cores)
+    elif args.what == "workflow":
+        repo = Path.cwd()
+        if not (repo / "Snakefile").is_file():
+            raise FewcellsError(f"benchmark workflow: run it in the repository root ({repo})")
+        configfiles = [p.resolve() for p in args.configfile or [repo / "config" / "config.yaml"]]
+        result = benchmark.benchmark_workflow(repo, configfiles, cores=args.cores or os.cpu_count())
+    elif args.what == "dedup":
+        result = benchmark.benchmark_dedup(n_images=args.images, threads=args.cores)
+    else:
+        if args.train_root is None:
+            raise FewcellsError("benchmark sweep: give --train-root RESULTS/EXPERIMENT/train")
+        result = benchmark.sweep_cost(args.train_root, cores=args.cores or os.cpu_count())
+    if args.json:
+        from fewcells.atomic import write_json
+
+        write_json(result, args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewcells", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -235,6 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot-options", type=_json, default={})
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("benchmark", help="print speed and memory numbers (see fewcells.benchmark)")
+    p.add_argument("what", choices=["training", "workflow", "dedup", "sweep"])
+    p.add_argument("--cores", type=int, default=None, help="default: all cores")
+    p.add_argument("--size", type=int, default=100, help="training: training-set size")
+    p.add_argument("--epochs", type=int, default=5, help="training: epochs per measurement")
+    p.add_argument("--images", type=int, default=20000, help="dedup: number of images")
+    p.add_argument("--configfile", type=Path, nargs="+", help="workflow: configs (demo)")
+    p.add_argument("--train-root", type=Path, help="sweep: RESULTS/EXPERIMENT/train")
+    p.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
+    p.set_defaults(func=cmd_benchmark)
     return parser
 
 

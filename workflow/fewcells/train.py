@@ -546,6 +546,7 @@ def run_training(
             "best_epoch": best["epoch"],
             "best_val_loss": float(checkpoint.best_model_score),
             "seconds": time.perf_counter() - started,
+            "fit_seconds": fit_seconds,
             "image_steps_per_second": len(data.splits["train"]) * len(history.rows) / fit_seconds,
             "device": _device_name(trainer.strategy.root_device),
             "threads": torch.get_num_threads(),

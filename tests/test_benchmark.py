@@ -1,0 +1,77 @@
+"""The benchmark helpers measure real work on real inputs (numbers are printed, not asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from fewcells.benchmark import (
+    plain_loop,
+    sweep_cost,
+    write_dedup_images,
+    write_synthetic_experiment,
+)
+from fewcells.dedup import DedupSettings, find_duplicates
+from fewcells.errors import FewcellsError
+from fewcells.manifest import build_manifest
+from fewcells.train import run_training
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    write_synthetic_experiment(root, n_images=60, image_size=190)
+    return root
+
+
+def test_synthetic_experiment_is_a_valid_store_and_folds(synthetic):
+    folds = pd.read_csv(synthetic / "folds" / "folds.csv")
+    assert sorted(folds["fold"].unique()) == list(range(10))
+    assert folds[folds.role == "test"].image_id.is_unique
+    info = run_training(
+        synthetic / "store",
+        synthetic / "folds" / "folds.csv",
+        synthetic / "folds" / "classes.json",
+        0,
+        10,
+        {"max_epochs": 1, "patience": 1},
+        {"name": "paper_cnn"},
+        synthetic / "train",
+        image_size=190,
+    )
+    assert info["n_train_images"] == 10 and info["fit_seconds"] > 0
+
+
+def test_plain_loop_counts_the_training_images_of_every_epoch(synthetic):
+    result = plain_loop(synthetic, size=10, epochs=2, threads=1, image_size=190)
+    assert result["image_steps"] == 20 and result["seconds"] > 0
+
+
+def test_dedup_benchmark_images_hold_exactly_the_planted_copies(tmp_path):
+    write_dedup_images(tmp_path, 40, n_copies=3, image_size=257)
+    _, kept = find_duplicates(build_manifest(tmp_path, "csv"), DedupSettings())
+    assert len(kept) == 37
+    assert sorted(set(f"Im{i:05d}" for i in range(40)) - set(kept["image_id"])) == [
+        "Im00037",
+        "Im00038",
+        "Im00039",
+    ]
+
+
+def test_sweep_cost_reads_every_training(tmp_path):
+    for size, fold, epochs, seconds in [(10, 0, 60, 10.0), (20, 0, 80, 30.0), (20, 1, 200, 50.0)]:
+        job = tmp_path / f"n{size}" / f"fold{fold}"
+        job.mkdir(parents=True)
+        info = {"epochs_run": epochs, "seconds": seconds, "peak_rss_mb": 900.0 + size}
+        (job / "train_info.json").write_text(json.dumps(info))
+    cost = sweep_cost(tmp_path, cores=2)
+    assert cost["trainings"] == 3
+    assert (cost["epochs_median"], cost["epochs_max"]) == (80, 200)
+    assert cost["projected_wall_seconds"] == 45 and cost["peak_rss_mb_max"] == 920
+
+
+def test_sweep_cost_names_an_empty_folder(tmp_path):
+    with pytest.raises(FewcellsError, match="train_info.json"):
+        sweep_cost(tmp_path, cores=2)

@@ -1,0 +1,299 @@
+"""Benchmarks that print numbers: training throughput, the demo workflow, deduplication.
+
+- `training`: image-steps per second of the paper CNN (257 px, batch 5, the paper's
+  augmentation) through the workflow's training path (`run_training`, one single-thread
+  process per core, as `snakemake --cores N` schedules training jobs), next to a plain
+  single-process PyTorch loop (channels-last, data in memory, all cores) measured in the
+  same run; both count training images per second of fit time, validation included.
+- `workflow`: wall time and peak memory of `snakemake --cores N` on a config (the demo by
+  default) in a fresh temporary folder.
+- `dedup`: hashing and confirming a folder of N generated images (with planted copies),
+  wall time and the peak memory of the dedup process.
+- `sweep`: epochs per training and the measured cost of a finished training-size sweep
+  (its train_info.json files), with the projected wall time on N cores.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from fewcells.augment import BatchAugment
+from fewcells.errors import FewcellsError
+from fewcells.folds import assign_folds
+from fewcells.model import build_model, to_model_input
+from fewcells.train import EVAL_BATCH_SIZE, OPTIMIZERS, run_training, train_config
+
+PAPER_CNN = {"name": "paper_cnn"}
+
+
+def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def write_synthetic_experiment(root: Path, *, n_images: int = 250, image_size: int = 257) -> None:
+    """A store (images.npy, index.csv) and folds (folds.csv, classes.json) of random cells.
+
+    Throughput does not depend on pixel content; the layout is ALL-IDB2's (two balanced
+    classes, 10 folds of 25 test and 25 validation images, a pool of 200).
+    """
+    rng = np.random.default_rng(0)
+    (root / "store").mkdir(parents=True, exist_ok=True)
+    (root / "folds").mkdir(parents=True, exist_ok=True)
+    images = rng.integers(0, 256, (n_images, image_size, image_size, 3), dtype=np.uint8)
+    np.save(root / "store" / "images.npy", images)
+    ids = [f"Im{i:03d}" for i in range(n_images)]
+    labels = ["healthy", "blast"] * (n_images // 2) + ["blast"] * (n_images % 2)
+    kept = pd.DataFrame({"image_id": ids, "label": labels})
+    kept.assign(row=np.arange(n_images))[["row", "image_id", "label"]].to_csv(
+        root / "store" / "index.csv", index=False
+    )
+    classes = [{"name": "healthy", "labels": ["healthy"]}, {"name": "blast", "labels": ["blast"]}]
+    folds, names = assign_folds(kept, classes, k=10, n_val=25)
+    folds.to_csv(root / "folds" / "folds.csv", index=False)
+    (root / "folds" / "classes.json").write_text(json.dumps({"classes": names, "task": "binary"}))
+
+
+def plain_loop(
+    root: Path, *, size: int, epochs: int, threads: int, image_size: int = 257, fold: int = 0
+) -> dict:
+    """A plain PyTorch training loop on the same data as the workflow path, as a baseline.
+
+    One process, `threads` torch threads, the fold's images in memory, the paper CNN in
+    channels-last, RMSprop, batch 5, flips + rotation, and a validation pass per epoch.
+    """
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    images = torch.from_numpy(np.load(root / "store" / "images.npy"))
+    folds = pd.read_csv(root / "folds" / "folds.csv")
+    folds = folds[folds["fold"] == fold]
+    index = pd.read_csv(root / "store" / "index.csv")
+    rows = dict(zip(index["image_id"], index["row"], strict=True))
+    train = folds[(folds["role"] == "pool") & (folds["rank"] < size)]
+    val = folds[folds["role"] == "val"]
+    train_x, val_x = (images[[rows[i] for i in part["image_id"]]] for part in (train, val))
+    train_y, val_y = (torch.tensor(part["target"].to_numpy()) for part in (train, val))
+    cfg = train_config({})
+    model = build_model(PAPER_CNN, 2, image_size).to(memory_format=torch.channels_last)
+    optimizer = OPTIMIZERS[cfg["optimizer"]](model.parameters(), cfg)
+    augment = BatchAugment()
+    started = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        for batch in torch.randperm(len(train_x)).split(cfg["batch_size"]):
+            x = augment(to_model_input(train_x[batch])).contiguous(
+                memory_format=torch.channels_last
+            )
+            loss = F.cross_entropy(model(x), train_y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            for batch in torch.arange(len(val_x)).split(EVAL_BATCH_SIZE):
+                x = to_model_input(val_x[batch]).contiguous(memory_format=torch.channels_last)
+                F.cross_entropy(model(x), val_y[batch])
+    seconds = time.perf_counter() - started
+    return {"image_steps": len(train_x) * epochs, "seconds": seconds}
+
+
+def _workflow_job(root: str, fold: int, size: int, epochs: int, barrier, results) -> None:
+    """One training job as the workflow runs it (single thread), after all jobs are ready."""
+    train_cfg = {"max_epochs": epochs, "patience": epochs, "threads": 1}
+    barrier.wait()
+    info = run_training(
+        Path(root) / "store",
+        Path(root) / "folds" / "folds.csv",
+        Path(root) / "folds" / "classes.json",
+        fold,
+        size,
+        train_cfg,
+        PAPER_CNN,
+        Path(root) / "train" / f"n{size}" / f"fold{fold}",
+        image_size=257,
+    )
+    results.put(info)
+
+
+def workflow_path(root: Path, *, size: int, epochs: int, processes: int) -> dict:
+    """`processes` concurrent single-thread training jobs (different folds), as Snakemake runs them.
+
+    Throughput = all jobs' training image-steps / the longest job's fit time.
+    """
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(processes), context.Queue()
+    jobs = [
+        context.Process(
+            target=_workflow_job, args=(str(root), fold, size, epochs, barrier, results)
+        )
+        for fold in range(processes)
+    ]
+    for job in jobs:
+        job.start()
+    infos = [results.get() for _ in jobs]
+    for job in jobs:
+        job.join()
+        if job.exitcode != 0:
+            raise FewcellsError(f"benchmark: a training process failed (exit {job.exitcode})")
+    return {
+        "image_steps": sum(info["n_train_images"] * info["epochs_run"] for info in infos),
+        "seconds": max(info["fit_seconds"] for info in infos),
+        "peak_rss_mb": max(info["peak_rss_mb"] for info in infos),
+    }
+
+
+def benchmark_training(*, size: int = 100, epochs: int = 5, cores: int | None = None) -> dict:
+    """Workflow training path vs plain loop on `cores` cores; prints and returns the numbers."""
+    cores = cores or os.cpu_count() or 1
+    with tempfile.TemporaryDirectory(prefix="fewcells-bench-") as tmp:
+        root = Path(tmp)
+        write_synthetic_experiment(root)
+        plain = plain_loop(root, size=size, epochs=epochs, threads=cores)
+        workflow = workflow_path(root, size=size, epochs=epochs, processes=cores)
+    plain_rate = plain["image_steps"] / plain["seconds"]
+    workflow_rate = workflow["image_steps"] / workflow["seconds"]
+    result = {
+        "cores": cores,
+        "training_size": size,
+        "epochs": epochs,
+        "plain_loop_image_steps_per_s": round(plain_rate, 1),
+        "workflow_image_steps_per_s": round(workflow_rate, 1),
+        "speedup": round(workflow_rate / plain_rate, 2),
+        "training_job_peak_rss_mb": round(workflow["peak_rss_mb"]),
+    }
+    print(
+        f"training throughput, paper CNN, 257 px, batch 5, n = {size}, {epochs} epochs, "
+        f"{cores} cores:\n"
+        f"  plain PyTorch loop, 1 process x {cores} threads: {plain_rate:8.1f} image-steps/s\n"
+        f"  workflow path, {cores} jobs x 1 thread:          {workflow_rate:8.1f} image-steps/s\n"
+        f"  ratio workflow / plain: {result['speedup']:.2f}x; peak memory of one training job: "
+        f"{workflow['peak_rss_mb']:.0f} MB"
+    )
+    return result
+
+
+def benchmark_workflow(repo: Path, configfiles: list[Path], *, cores: int) -> dict:
+    """Wall time and peak memory (largest job) of `snakemake --cores N` in a fresh folder."""
+    with tempfile.TemporaryDirectory(prefix="fewcells-workflow-") as tmp:
+        command = [
+            sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"),
+            "--cores", str(cores), "--quiet", "progress",
+            "--configfile", *map(str, configfiles),
+        ]  # fmt: skip
+        started = time.perf_counter()
+        subprocess.run(command, cwd=tmp, check=True)
+        wall = time.perf_counter() - started
+        jobs = [pd.read_csv(p, sep="\t") for p in Path(tmp).glob("results/benchmarks/**/*.tsv")]
+        peak_job = max(float(job["max_rss"].max()) for job in jobs) if jobs else float("nan")
+    result = {
+        "cores": cores,
+        "wall_seconds": round(wall, 1),
+        "peak_job_rss_mb": round(peak_job),
+        "peak_process_rss_mb": round(_peak_rss_mb(resource.RUSAGE_CHILDREN)),
+    }
+    print(
+        f"workflow ({', '.join(p.name for p in configfiles)}) on {cores} cores: "
+        f"{wall:.0f} s wall; peak memory of one job {peak_job:.0f} MB "
+        f"(largest process {result['peak_process_rss_mb']} MB)"
+    )
+    return result
+
+
+def _smear(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A random 'smear': pale background, 20 discs of random colour and radius, pixel noise."""
+    yy, xx = np.ogrid[:size, :size]
+    image = np.full((size, size, 3), 220.0, dtype=np.float32)
+    for _ in range(20):
+        cy, cx = rng.uniform(0, size, 2)
+        inside = (yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(10, 40) ** 2
+        image[inside] = rng.uniform(60, 200, 3)
+    image += rng.normal(0, 4, image.shape).astype(np.float32)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_dedup_images(folder: Path, n_images: int, *, n_copies: int, image_size: int) -> None:
+    """`n_images` random smears (jpg) listed in labels.csv; the last `n_copies` are shifted
+    crops of the first ones (the hardest ALL-IDB2 duplicate kind for a byte checksum)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    n_originals = n_images - n_copies
+    margin = 16
+    for index in range(n_originals):
+        scene = _smear(rng, image_size + margin)
+        original = scene[margin // 2 :, margin // 2 :][:image_size, :image_size]
+        Image.fromarray(original).save(folder / f"Im{index:05d}.jpg", quality=95)
+        if index < n_copies:
+            dy, dx = rng.integers(0, margin, 2)
+            copy = scene[dy : dy + image_size, dx : dx + image_size]
+            Image.fromarray(copy).save(folder / f"Im{n_originals + index:05d}.jpg", quality=95)
+    names = [f"Im{index:05d}.jpg" for index in range(n_images)]
+    pd.DataFrame({"path": names, "label": "cell"}).to_csv(folder / "labels.csv", index=False)
+
+
+def benchmark_dedup(*, n_images: int = 20000, threads: int | None = None) -> dict:
+    """Deduplicate `n_images` generated images with `fewcells dedup`; time and peak memory."""
+    threads = threads or os.cpu_count() or 1
+    n_copies = max(1, n_images // 100)
+    with tempfile.TemporaryDirectory(prefix="fewcells-dedup-") as tmp:
+        folder = Path(tmp) / "img"
+        write_dedup_images(folder, n_images, n_copies=n_copies, image_size=257)
+        command = [
+            sys.executable, "-m", "fewcells.cli", "dedup", str(folder), "--kind", "csv",
+            "--threads", str(threads), "--out", str(Path(tmp) / "out"),
+        ]  # fmt: skip
+        before = _peak_rss_mb(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        subprocess.run(command, check=True)
+        wall = time.perf_counter() - started
+        peak = _peak_rss_mb(resource.RUSAGE_CHILDREN)
+        summary = json.loads((Path(tmp) / "out" / "dedup_summary.json").read_text())
+    result = {
+        "images": n_images,
+        "threads": threads,
+        "wall_seconds": round(wall, 1),
+        "peak_rss_mb": round(peak) if peak > before else None,
+        "removed": summary["removed"],
+        "planted_copies": n_copies,
+    }
+    print(
+        f"dedup of {n_images} generated 257 px images ({n_copies} planted copies) on {threads} "
+        f"threads: {wall:.1f} s wall, peak memory {result['peak_rss_mb']} MB, "
+        f"{summary['removed']} removed"
+    )
+    return result
+
+
+def sweep_cost(train_root: Path, *, cores: int) -> dict:
+    """Epochs per training and job seconds of a finished sweep (EXPERIMENT/train)."""
+    infos = [json.loads(p.read_text()) for p in sorted(train_root.glob("n*/fold*/train_info.json"))]
+    if not infos:
+        raise FewcellsError(f"{train_root}: no n*/fold*/train_info.json files")
+    frame = pd.DataFrame(infos)
+    result = {
+        "trainings": len(frame),
+        "epochs_median": float(frame["epochs_run"].median()),
+        "epochs_max": int(frame["epochs_run"].max()),
+        "job_seconds_total": round(float(frame["seconds"].sum())),
+        "projected_wall_seconds": round(float(frame["seconds"].sum()) / cores),
+        "peak_rss_mb_max": round(float(frame["peak_rss_mb"].max())),
+    }
+    print(
+        f"sweep {train_root}: {len(frame)} trainings, epochs median {result['epochs_median']:.0f}"
+        f" max {result['epochs_max']}; {result['job_seconds_total']} job-seconds = "
+        f"{result['projected_wall_seconds'] / 60:.0f} min on {cores} cores; "
+        f"peak memory per job {result['peak_rss_mb_max']} MB"
+    )
+    return result
