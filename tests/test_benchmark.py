@@ -64,12 +64,15 @@ def test_sweep_cost_reads_every_training(tmp_path):
     for size, fold, epochs, seconds in [(10, 0, 60, 10.0), (20, 0, 80, 30.0), (20, 1, 200, 50.0)]:
         job = tmp_path / f"n{size}" / f"fold{fold}"
         job.mkdir(parents=True)
-        info = {"epochs_run": epochs, "seconds": seconds, "peak_rss_mb": 900.0 + size}
+        info = {"size": size, "fold": fold, "epochs_run": epochs, "seconds": seconds}
+        info["peak_rss_mb"] = 900.0 + size
         (job / "train_info.json").write_text(json.dumps(info))
-    cost = sweep_cost(tmp_path, cores=2)
+    cost = sweep_cost(tmp_path, cores=2, sizes=[10, 15, 20], folds=2)
     assert cost["trainings"] == 3
     assert (cost["epochs_median"], cost["epochs_max"]) == (80, 200)
-    assert cost["projected_wall_seconds"] == 45 and cost["peak_rss_mb_max"] == 920
+    assert cost["wall_seconds_on_cores"] == 45 and cost["peak_rss_mb_max"] == 920
+    # per size: 10 -> 10 s, 20 -> 40 s (mean of two folds), 15 -> 25 s; x 2 folds / 2 cores
+    assert cost["projected_trainings"] == 6 and cost["projected_wall_seconds"] == 75
 
 
 def test_sweep_cost_names_an_empty_folder(tmp_path):

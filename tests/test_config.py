@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from snakemake.utils import update_config
 
 from fewcells.config import fold_ids, train_protocol, validate_config
 from fewcells.errors import FewcellsError
@@ -17,6 +18,19 @@ def test_shipped_configs_are_valid():
     for path in sorted((REPO / "config").glob("*.yaml")):
         config = validate_config(yaml.safe_load(path.read_text()))
         assert config["run"], path
+
+
+def test_shipped_subsets_are_valid_on_their_base_config():
+    """config/subsets/BASE_*.yaml overlays config/BASE.yaml (--configfile BASE SUBSET)."""
+    bases = {path.stem: path for path in (REPO / "config").glob("*.yaml")}
+    subsets = sorted((REPO / "config" / "subsets").glob("*.yaml"))
+    assert subsets
+    for path in subsets:
+        base = max((name for name in bases if path.stem.startswith(f"{name}_")), key=len)
+        config = yaml.safe_load(bases[base].read_text())
+        update_config(config, yaml.safe_load(path.read_text()))
+        experiment = validate_config(config)["experiments"][base]
+        assert experiment["folds"]["run_folds"], path
 
 
 def test_defaults_are_the_paper_protocol():

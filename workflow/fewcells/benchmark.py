@@ -276,24 +276,39 @@ def benchmark_dedup(*, n_images: int = 20000, threads: int | None = None) -> dic
     return result
 
 
-def sweep_cost(train_root: Path, *, cores: int) -> dict:
-    """Epochs per training and job seconds of a finished sweep (EXPERIMENT/train)."""
-    infos = [json.loads(p.read_text()) for p in sorted(train_root.glob("n*/fold*/train_info.json"))]
-    if not infos:
+def sweep_cost(
+    train_root: Path, *, cores: int, sizes: list[int] | None = None, folds: int | None = None
+) -> dict:
+    """Epochs per training and job seconds of a finished sweep (EXPERIMENT/train).
+
+    With `sizes` and `folds`, also projects the wall time of a sweep of those sizes x folds
+    on `cores` cores: job seconds per size interpolated linearly between the sizes measured.
+    """
+    paths = sorted(train_root.glob("n*/fold*/train_info.json"))
+    if not paths:
         raise FewcellsError(f"{train_root}: no n*/fold*/train_info.json files")
-    frame = pd.DataFrame(infos)
+    frame = pd.DataFrame([json.loads(p.read_text()) for p in paths])
     result = {
         "trainings": len(frame),
         "epochs_median": float(frame["epochs_run"].median()),
         "epochs_max": int(frame["epochs_run"].max()),
         "job_seconds_total": round(float(frame["seconds"].sum())),
-        "projected_wall_seconds": round(float(frame["seconds"].sum()) / cores),
+        "wall_seconds_on_cores": round(float(frame["seconds"].sum()) / cores),
         "peak_rss_mb_max": round(float(frame["peak_rss_mb"].max())),
     }
     print(
         f"sweep {train_root}: {len(frame)} trainings, epochs median {result['epochs_median']:.0f}"
         f" max {result['epochs_max']}; {result['job_seconds_total']} job-seconds = "
-        f"{result['projected_wall_seconds'] / 60:.0f} min on {cores} cores; "
+        f"{result['wall_seconds_on_cores'] / 60:.0f} min on {cores} cores; "
         f"peak memory per job {result['peak_rss_mb_max']} MB"
     )
+    if sizes and folds:
+        per_size = frame.groupby("size")["seconds"].mean()
+        seconds = np.interp(sizes, per_size.index.to_numpy(), per_size.to_numpy()) * folds
+        result["projected_trainings"] = len(sizes) * folds
+        result["projected_wall_seconds"] = round(float(seconds.sum()) / cores)
+        print(
+            f"projected: {len(sizes)} sizes x {folds} folds = {len(sizes) * folds} trainings, "
+            f"{result['projected_wall_seconds'] / 3600:.1f} h on {cores} cores"
+        )
     return result

@@ -182,7 +182,12 @@ def cmd_benchmark(args) -> None:
     else:
         if args.train_root is None:
             raise FewcellsError("benchmark sweep: give --train-root RESULTS/EXPERIMENT/train")
-        result = benchmark.sweep_cost(args.train_root, cores=args.cores or os.cpu_count())
+        result = benchmark.sweep_cost(
+            args.train_root,
+            cores=args.cores or os.cpu_count(),
+            sizes=args.project_sizes,
+            folds=args.project_folds,
+        )
     if args.json:
         from fewcells.atomic import write_json
 
@@ -268,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=20000, help="dedup: number of images")
     p.add_argument("--configfile", type=Path, nargs="+", help="workflow: configs (demo)")
     p.add_argument("--train-root", type=Path, help="sweep: RESULTS/EXPERIMENT/train")
+    p.add_argument("--project-sizes", type=int, nargs="+", help="sweep: sizes to project to")
+    p.add_argument("--project-folds", type=int, help="sweep: folds to project to")
     p.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     p.set_defaults(func=cmd_benchmark)
     return parser
