@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 COMPOSITES = ("epsilon", "epsilon_plus_flat", "epsilon_alpha2_beta1")
 BATCH_SIZE = 16
+DEFAULT_SETTINGS = {"composite": "epsilon", "epsilon": 1.0, "target": "true_class", "cells": None}
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp", ".jpg")
 
 
@@ -321,6 +322,7 @@ def explain_fold(
     from fewcells import plots_explain
     from fewcells.train import read_class_names
 
+    settings = {**DEFAULT_SETTINGS, **settings}
     store_dir, folds_dir, out_dir = Path(store_dir), Path(folds_dir), Path(out_dir)
     masks_dir = Path(masks_dir) if masks_dir else None
     if masks_dir is not None and not masks_dir.is_dir():

@@ -54,7 +54,8 @@ def relevance_maps(
     """Rows = example cells; columns = the cell (nucleus contours) and, per training size,
     gradient saliency (sequential map) and LRP (red positive, blue negative, symmetric)."""
     columns = 1 + 2 * len(sizes)
-    figure = Figure(figsize=(1.7 * columns + 0.4, 1.9 * len(examples) + 1.2), layout="constrained")
+    width = max(7.5, 1.7 * columns + 0.4)
+    figure = Figure(figsize=(width, 1.9 * len(examples) + 1.4), layout="constrained")
     axes = figure.subplots(len(examples), columns, squeeze=False)
     for row, example in zip(axes, examples, strict=True):
         row[0].imshow(example.image)
@@ -81,10 +82,11 @@ def relevance_maps(
         if any(source in e.masks for e in examples)
     )
     figure.suptitle(
-        f"{experiment}, fold {fold}: relevance of the {settings['target']} class's logit "
-        f"(LRP {settings['composite']}, epsilon = {settings['epsilon']:g})\n"
-        f"saliency |d logit / d input| (max over channels), LRP red + / blue −, each map scaled "
-        f"to its 99.5th percentile; nucleus contour {contours}",
+        f"{experiment}, fold {fold}: saliency and LRP of the "
+        f"{settings['target'].replace('_', ' ')}'s logit\n"
+        f"saliency |d logit / d input| (max over channels); LRP {settings['composite']}, "
+        f"ε = {settings['epsilon']:g}, red + / blue −\n"
+        f"each map scaled to its 99.5th percentile; nucleus contour {contours}",
         fontsize=9,
     )
     return figure
