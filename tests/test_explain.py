@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -139,3 +141,57 @@ def test_fit_mask_pads_and_resizes_like_the_store():
     assert padded.shape == (8, 8) and padded.sum() == 4
     resized = explain.fit_mask(mask, 12, "resize")
     assert resized.shape == (12, 12) and resized.dtype == bool
+
+
+def test_example_cells_default_to_the_first_test_image_per_class():
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "image_id": ["b2", "b1", "a1", "t9", "c1"],
+            "target": [1, 1, 0, 0, 0],
+            "role": ["test", "test", "test", "train", "val"],
+        }
+    )
+    assert list(explain.example_cells(frame, None)["image_id"]) == ["a1", "b1"]
+    assert list(explain.example_cells(frame, ["t9", "b2"])["image_id"]) == ["t9", "b2"]
+    with pytest.raises(FewcellsError, match=r"explain.cells: image_id\(s\) \['zz'\]"):
+        explain.example_cells(frame, ["zz"])
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "key"),
+    [
+        ("explain", {"sizes": [11]}, "experiments.demo_binary.explain.sizes"),
+        ("explain", {"folds": [5]}, "experiments.demo_binary.explain.folds"),
+        ("explain", {"composite": "lrp0"}, "experiments.demo_binary.explain.composite"),
+        ("tsne", {"fold": 3}, "experiments.demo_binary.tsne.fold"),
+        ("tsne", {"perplexity": 0}, "experiments.demo_binary.tsne.perplexity"),
+    ],
+)
+def test_bad_explain_and_tsne_config_names_the_key(section, value, key):
+    import yaml
+
+    from fewcells.config import validate_config
+
+    config = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "config/config.yaml").read_text()
+    )
+    config["experiments"]["demo_binary"][section] = value
+    with pytest.raises(FewcellsError, match=f"config key {key}"):
+        validate_config(config)
+
+
+def test_explain_and_tsne_defaults_follow_the_sweep():
+    from fewcells.config import explain_folds, explain_sizes, tsne_fold, tsne_sizes
+
+    experiment = {
+        "folds": {"sizes": [50, 10, 20, 30, 40, 60, 100], "run_folds": [3, 4], "k": 10},
+        "explain": {"sizes": None, "folds": None},
+        "tsne": {"sizes": None, "fold": None},
+    }
+    assert explain_sizes(experiment) == [10, 30, 50, 100]
+    assert tsne_sizes(experiment) == [10, 40, 100]
+    assert explain_folds(experiment) == [3] and tsne_fold(experiment) == 3
+    experiment["tsne"] = {"sizes": [20, 10], "fold": 4}
+    assert tsne_sizes(experiment) == [10, 20] and tsne_fold(experiment) == 4
