@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -207,7 +208,7 @@ def _load_network(path: Path) -> torch.nn.Module:
         raise FewcellsError(f"{path}: no trained network (model.ckpt) for explain")
     try:
         return CellClassifier.load_from_checkpoint(path, map_location="cpu").model.eval()
-    except (OSError, RuntimeError, KeyError) as error:
+    except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:
         raise FewcellsError(f"{path}: cannot load the network: {error}") from error
 
 
