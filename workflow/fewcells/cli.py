@@ -166,6 +166,49 @@ def cmd_evaluate(args) -> None:
     )
 
 
+def cmd_explain(args) -> None:
+    import torch
+
+    from fewcells.explain import explain_fold
+
+    torch.set_num_threads(args.threads)
+    summary = explain_fold(
+        args.store,
+        args.folds,
+        args.fold,
+        args.train_root,
+        args.sizes,
+        args.out,
+        settings=args.settings,
+        experiment=args.experiment,
+        masks_dir=args.masks,
+        fit=args.fit,
+        dpi=args.dpi,
+    )
+    print(f"explain: fold {args.fold}\n{summary.to_string(index=False)}", file=sys.stderr)
+
+
+def cmd_tsne(args) -> None:
+    from fewcells.embedding import tsne_fold
+
+    files = {
+        size: args.train_root / f"n{size}" / f"fold{args.fold}" / "embeddings.npz"
+        for size in args.sizes
+    }
+    table = tsne_fold(
+        files,
+        args.classes,
+        args.out,
+        fold=args.fold,
+        experiment=args.experiment,
+        perplexity=args.perplexity,
+        seed=args.seed,
+        knn=args.knn,
+        dpi=args.dpi,
+    )
+    print(f"tsne: fold {args.fold}\n{table.to_string(index=False)}", file=sys.stderr)
+
+
 def cmd_benchmark(args) -> None:
     from fewcells import benchmark
 
@@ -264,6 +307,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot-options", type=_json, default={})
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("explain", help="saliency and LRP maps, relevance shares of one fold")
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--folds", type=Path, required=True, help="folder with folds.csv, classes.json")
+    p.add_argument("--train-root", type=Path, required=True, help="RESULTS/EXPERIMENT/train")
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--sizes", type=int, nargs="+", required=True)
+    p.add_argument(
+        "--settings",
+        type=_json,
+        default={},
+        help='JSON: {"composite", "epsilon", "target", "cells"} (the explain config)',
+    )
+    p.add_argument("--masks", type=Path, default=None, help="folder of expert masks")
+    p.add_argument("--fit", default="pad", choices=["pad", "resize"], help="the store's fit")
+    p.add_argument("--experiment", default="")
+    p.add_argument("--dpi", type=int, default=150)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("tsne", help="tSNE of the hidden layer and class separation of one fold")
+    p.add_argument("--train-root", type=Path, required=True, help="RESULTS/EXPERIMENT/train")
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--sizes", type=int, nargs="+", required=True)
+    p.add_argument("--classes", type=Path, required=True)
+    p.add_argument("--perplexity", type=float, default=30.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--knn", type=int, default=5)
+    p.add_argument("--experiment", default="")
+    p.add_argument("--dpi", type=int, default=150)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_tsne)
 
     p = sub.add_parser("benchmark", help="print speed and memory numbers (see fewcells.benchmark)")
     p.add_argument("what", choices=["training", "workflow", "dedup", "sweep"])

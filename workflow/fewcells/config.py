@@ -68,6 +68,13 @@ def validate_config(config: dict) -> dict:
             raise FewcellsError(
                 f"config key {key}.folds.run_folds: folds must be < k = {folds['k']}"
             )
+        _check_subset(f"{key}.explain.sizes", experiment["explain"]["sizes"], folds["sizes"])
+        _check_subset(f"{key}.tsne.sizes", experiment["tsne"]["sizes"], folds["sizes"])
+        _check_subset(f"{key}.explain.folds", experiment["explain"]["folds"], fold_ids(experiment))
+        tsne_fold = experiment["tsne"]["fold"]
+        _check_subset(
+            f"{key}.tsne.fold", None if tsne_fold is None else [tsne_fold], fold_ids(experiment)
+        )
         dataset = config["datasets"][experiment["dataset"]]
         if dataset["kind"] == "demo":
             _check_demo_sizes(key, experiment, dataset)
@@ -79,6 +86,12 @@ def validate_config(config: dict) -> dict:
             f"{sorted(config['experiments'])})"
         )
     return config
+
+
+def _check_subset(key: str, chosen: list | None, allowed: list) -> None:
+    unknown = sorted(set(chosen or []) - set(allowed))
+    if unknown:
+        raise FewcellsError(f"config key {key}: {unknown} not among the trained {sorted(allowed)}")
 
 
 def _check_demo_sizes(key: str, experiment: dict, dataset: dict) -> None:
@@ -106,3 +119,28 @@ def fold_ids(experiment: dict) -> list[int]:
     """Folds to train: `folds.run_folds` or all k."""
     folds = experiment["folds"]
     return list(folds["run_folds"]) if folds["run_folds"] else list(range(folds["k"]))
+
+
+def explain_sizes(experiment: dict) -> list[int]:
+    """Sizes explained: `explain.sizes`, or up to four spread over `folds.sizes`."""
+    from fewcells.plots import spread_sizes
+
+    return sorted(experiment["explain"]["sizes"] or spread_sizes(experiment["folds"]["sizes"], 4))
+
+
+def explain_folds(experiment: dict) -> list[int]:
+    """Folds explained: `explain.folds`, or the first trained fold."""
+    return list(experiment["explain"]["folds"] or fold_ids(experiment)[:1])
+
+
+def tsne_sizes(experiment: dict) -> list[int]:
+    """Sizes in the tSNE figure: `tsne.sizes`, or up to three spread over `folds.sizes`."""
+    from fewcells.plots import spread_sizes
+
+    return sorted(experiment["tsne"]["sizes"] or spread_sizes(experiment["folds"]["sizes"], 3))
+
+
+def tsne_fold(experiment: dict) -> int:
+    """Fold of the tSNE figure: `tsne.fold`, or the first trained fold."""
+    fold = experiment["tsne"]["fold"]
+    return fold_ids(experiment)[0] if fold is None else fold

@@ -3,7 +3,15 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from fewcells.config import fold_ids, train_protocol, validate_config
+from fewcells.config import (
+    explain_folds,
+    explain_sizes,
+    fold_ids,
+    train_protocol,
+    tsne_fold,
+    tsne_sizes,
+    validate_config,
+)
 from fewcells.errors import FewcellsError
 
 try:
@@ -70,12 +78,28 @@ def evaluation_targets(experiment):
     return [f"{out}/{name}" for name in ["summary.md", "metrics.csv", *figures]]
 
 
+def explanation_targets(experiment):
+    cfg = CONFIG["experiments"][experiment]
+    explain = [
+        f"{RESULTS}/{experiment}/explain/fold{fold}/{name}"
+        for fold in explain_folds(cfg)
+        for name in (
+            "relevance_maps.png",
+            "relevance_summary.csv",
+            "relevance_shares.png",
+        )
+    ]
+    tsne = f"{RESULTS}/{experiment}/tsne/fold{tsne_fold(cfg)}"
+    return explain + [f"{tsne}/{name}" for name in ("tsne.png", "separation.csv")]
+
+
 def all_targets():
     targets = []
     for experiment in CONFIG["run"]:
         dataset = CONFIG["experiments"][experiment]["dataset"]
         targets.append(f"{DATASETS}/{dataset}/dedup/dedup_summary.json")
         targets += evaluation_targets(experiment)
+        targets += explanation_targets(experiment)
     return targets
 
 
@@ -112,4 +136,48 @@ def figure(name, caption, experiment_label):
         category="{experiment}",
         subcategory="Evaluation",
         labels={"experiment": "{experiment}", "figure": experiment_label},
+    )
+
+
+def explain_inputs(wildcards):
+    experiment = experiment_config(wildcards)
+    root = f"{RESULTS}/{wildcards.experiment}"
+    return {
+        "images": f"{root}/store/images.npy",
+        "index": f"{root}/store/index.csv",
+        "folds": f"{root}/folds/folds.csv",
+        "classes": f"{root}/folds/classes.json",
+        "models": [
+            f"{root}/train/n{size}/fold{wildcards.fold}/model.ckpt"
+            for size in explain_sizes(experiment)
+        ],
+    }
+
+
+def masks_option(wildcards):
+    dataset = CONFIG["datasets"][dataset_of(wildcards)]
+    if dataset["masks"]:
+        return f"--masks {dataset['masks']}"
+    if dataset["kind"] == "demo":
+        return f"--masks {DATASETS}/{dataset_of(wildcards)}/files/masks"
+    return ""
+
+
+def explain_figure(name, caption, label):
+    return report(
+        f"{RESULTS}/{{experiment}}/explain/fold{{fold}}/{name}",
+        caption=f"../report/{caption}.rst",
+        category="{experiment}",
+        subcategory="Explanations",
+        labels={"experiment": "{experiment}", "fold": "{fold}", "figure": label},
+    )
+
+
+def tsne_figure(name, caption, label):
+    return report(
+        f"{RESULTS}/{{experiment}}/tsne/fold{{fold}}/{name}",
+        caption=f"../report/{caption}.rst",
+        category="{experiment}",
+        subcategory="Explanations",
+        labels={"experiment": "{experiment}", "fold": "{fold}", "figure": label},
     )

@@ -1,0 +1,197 @@
+"""Relevance maps, nucleus masks and relevance shares (fewcells.explain)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fewcells import explain
+from fewcells.errors import FewcellsError
+from fewcells.model import MIN_IMAGE_SIZE, PaperCNN
+
+
+def _network(zero_biases: bool) -> PaperCNN:
+    torch.manual_seed(0)
+    model = PaperCNN(2, image_size=MIN_IMAGE_SIZE)
+    if zero_biases:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name.endswith("bias"):
+                    parameter.zero_()
+    return model.eval()
+
+
+def _input(batch: int = 2) -> torch.Tensor:
+    return torch.rand(
+        batch, 3, MIN_IMAGE_SIZE, MIN_IMAGE_SIZE, generator=torch.Generator().manual_seed(1)
+    )
+
+
+def test_lrp_epsilon_conserves_the_logit_without_biases():
+    model, x, targets = _network(zero_biases=True), _input(), torch.tensor([0, 1])
+    relevance, logits = explain.lrp(model, x, targets, explain.make_composite("epsilon", 1e-9))
+    assert relevance.shape == (2, 3, MIN_IMAGE_SIZE, MIN_IMAGE_SIZE)
+    assert np.abs(logits).min() > 1e-4  # a meaningful logit to conserve
+    np.testing.assert_allclose(relevance.sum(axis=(1, 2, 3)), logits, rtol=1e-3)
+    expected = model(x).gather(1, targets[:, None])[:, 0].detach().numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-5)
+
+
+def test_lrp_with_biases_absorbs_relevance():
+    model, x, targets = _network(zero_biases=False), _input(), torch.tensor([0, 1])
+    relevance, logits = explain.lrp(model, x, targets, explain.make_composite("epsilon", 1e-9))
+    assert not np.allclose(relevance.sum(axis=(1, 2, 3)), logits, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", explain.COMPOSITES)
+def test_every_composite_gives_finite_relevance(name):
+    relevance, _ = explain.lrp(
+        _network(False), _input(1), torch.tensor([1]), explain.make_composite(name, 1.0)
+    )
+    assert np.isfinite(relevance).all() and np.abs(relevance).sum() > 0
+
+
+def test_unknown_composite_is_named():
+    with pytest.raises(FewcellsError, match="explain.composite.*'lrp0'"):
+        explain.make_composite("lrp0")
+
+
+def test_saliency_is_a_finite_nonnegative_map_per_image():
+    grads = explain.saliency(_network(False), _input(), torch.tensor([0, 1]))
+    assert grads.shape == (2, MIN_IMAGE_SIZE, MIN_IMAGE_SIZE)
+    assert np.isfinite(grads).all() and (grads >= 0).all() and grads.max() > 0
+
+
+def _synthetic_cell(size: int = 96):
+    """A pale field with a pink red cell, a pale blue-grey cytoplasm disc (as in ALL-IDB2)
+    and a dark purple off-centre elliptic nucleus; returns the image, nucleus and cell masks."""
+    rows, cols = np.mgrid[0:size, 0:size]
+    rng = np.random.default_rng(0)
+    image = np.empty((size, size, 3), np.float32)
+    image[:] = (225, 220, 215)
+    red_cell = (rows - 10) ** 2 + (cols - 12) ** 2 < 10**2
+    image[red_cell] = (220, 150, 160)
+    cell = (rows - 48) ** 2 + (cols - 48) ** 2 < 30**2
+    image[cell] = (195, 190, 215)
+    nucleus = ((rows - 44) / 18.0) ** 2 + ((cols - 52) / 13.0) ** 2 < 1
+    image[nucleus] = (90, 40, 140)
+    image += rng.normal(0, 6, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8), nucleus, cell
+
+
+def test_nucleus_mask_finds_a_known_nucleus():
+    image, nucleus, cell = _synthetic_cell()
+    found = explain.nucleus_mask(image)
+    assert explain.dice(found, nucleus) > 0.9
+    assert explain.dice(explain.cell_mask(image, found), cell) > 0.9
+
+
+def test_otsu_splits_two_modes():
+    values = np.concatenate([np.full(50, 10.0), np.full(50, 200.0)])
+    assert 10 < explain.otsu_threshold(values) < 200
+
+
+def test_positive_share_on_a_hand_made_map():
+    relevance = np.array([[3.0, -5.0], [1.0, 0.0]])
+    mask = np.array([[True, True], [False, False]])
+    assert explain.positive_share(relevance, mask) == pytest.approx(0.75)  # 3 of 3 + 1
+    assert explain.positive_share(relevance, ~mask) == pytest.approx(0.25)
+    assert np.isnan(explain.positive_share(-np.abs(relevance), mask))
+
+
+def test_relevance_summary_averages_over_images():
+    import pandas as pd
+
+    shares = pd.DataFrame(
+        {
+            "size": [10, 10, 50],
+            "share_nucleus_auto": [0.2, 0.4, 0.9],
+            "nucleus_area_auto": [0.1, 0.3, 0.2],
+        }
+    )
+    summary = explain.relevance_summary(shares).set_index("size")
+    assert summary.loc[10, "mean"] == pytest.approx(0.3)
+    assert summary.loc[10, "sd"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    assert summary.loc[10, "area_mean"] == pytest.approx(0.2)
+    assert summary.loc[50, "n_images"] == 1 and np.isnan(summary.loc[50, "sd"])
+    assert set(summary["region"]) == {"nucleus"} and set(summary["mask"]) == {"auto"}
+
+
+def test_expert_mask_colours_and_lookup(tmp_path):
+    mask = np.full((4, 4, 3), 255, np.uint8)
+    mask[0, 0] = (0, 255, 255)
+    mask[1, 1] = (0, 0, 255)
+    (tmp_path / "blast").mkdir()
+    Image.fromarray(mask).save(tmp_path / "blast" / "b_1.png")
+    nucleus, cell = explain.read_expert_mask(explain.find_mask(tmp_path, "blast/b_1"))
+    assert nucleus.sum() == 1 and nucleus[0, 0]
+    assert cell.sum() == 2 and cell[1, 1]
+    with pytest.raises(FewcellsError, match="no expert mask for image 'blast/b_2'"):
+        explain.find_mask(tmp_path, "blast/b_2")
+
+
+def test_fit_mask_pads_and_resizes_like_the_store():
+    mask = np.zeros((6, 4), bool)
+    mask[2:4, 1:3] = True
+    padded = explain.fit_mask(mask, 8, "pad")
+    assert padded.shape == (8, 8) and padded.sum() == 4
+    resized = explain.fit_mask(mask, 12, "resize")
+    assert resized.shape == (12, 12) and resized.dtype == bool
+
+
+def test_example_cells_default_to_the_first_test_image_per_class():
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "image_id": ["b2", "b1", "a1", "t9", "c1"],
+            "target": [1, 1, 0, 0, 0],
+            "role": ["test", "test", "test", "train", "val"],
+        }
+    )
+    assert list(explain.example_cells(frame, None)["image_id"]) == ["a1", "b1"]
+    assert list(explain.example_cells(frame, ["t9", "b2"])["image_id"]) == ["t9", "b2"]
+    with pytest.raises(FewcellsError, match=r"explain.cells: image_id\(s\) \['zz'\]"):
+        explain.example_cells(frame, ["zz"])
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "key"),
+    [
+        ("explain", {"sizes": [11]}, "experiments.demo_binary.explain.sizes"),
+        ("explain", {"folds": [5]}, "experiments.demo_binary.explain.folds"),
+        ("explain", {"composite": "lrp0"}, "experiments.demo_binary.explain.composite"),
+        ("tsne", {"fold": 3}, "experiments.demo_binary.tsne.fold"),
+        ("tsne", {"perplexity": 0}, "experiments.demo_binary.tsne.perplexity"),
+    ],
+)
+def test_bad_explain_and_tsne_config_names_the_key(section, value, key):
+    import yaml
+
+    from fewcells.config import validate_config
+
+    config = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "config/config.yaml").read_text()
+    )
+    config["experiments"]["demo_binary"][section] = value
+    with pytest.raises(FewcellsError, match=f"config key {key}"):
+        validate_config(config)
+
+
+def test_explain_and_tsne_defaults_follow_the_sweep():
+    from fewcells.config import explain_folds, explain_sizes, tsne_fold, tsne_sizes
+
+    experiment = {
+        "folds": {"sizes": [50, 10, 20, 30, 40, 60, 100], "run_folds": [3, 4], "k": 10},
+        "explain": {"sizes": None, "folds": None},
+        "tsne": {"sizes": None, "fold": None},
+    }
+    assert explain_sizes(experiment) == [10, 30, 50, 100]
+    assert tsne_sizes(experiment) == [10, 40, 100]
+    assert explain_folds(experiment) == [3] and tsne_fold(experiment) == 3
+    experiment["tsne"] = {"sizes": [20, 10], "fold": 4}
+    assert tsne_sizes(experiment) == [10, 20] and tsne_fold(experiment) == 4
