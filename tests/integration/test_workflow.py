@@ -92,6 +92,31 @@ def test_adding_a_size_plans_only_its_jobs_and_the_evaluation(tiny_run):
     assert not {"fetch", "manifest", "dedup", "store"} & set(jobs)
 
 
+def _planned_after_edit(tiny_run, name: str, edit) -> dict[str, int]:
+    config = yaml.safe_load(TINY.read_text())
+    edit(config)
+    path = tiny_run / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return planned_jobs(tiny_run, "--configfile", str(path))
+
+
+def test_changing_patience_reruns_training_and_what_follows_only(tiny_run):
+    def edit(config):
+        config["experiments"]["tiny_binary"]["train"]["patience"] = 2
+
+    jobs = _planned_after_edit(tiny_run, "patience", edit)
+    assert jobs.get("train") == 4  # two sizes x two folds of tiny_binary
+    assert jobs.get("evaluate_binary") == 1 and jobs.get("tsne") == 1
+    assert not {"fetch", "manifest", "dedup", "folds", "store", "evaluate_multiclass"} & set(jobs)
+
+
+def test_changing_a_plot_option_reruns_only_the_plots(tiny_run):
+    def edit(config):
+        config["experiments"]["tiny_binary"]["plots"] = {"roc_sizes": [12]}
+
+    assert _planned_after_edit(tiny_run, "plots", edit) == {"evaluate_binary": 1, "all": 1}
+
+
 def test_invalid_config_stops_before_any_job(tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["experiments"]["tiny_binary"]["folds"]["sizes"] = [-5]
