@@ -117,6 +117,20 @@ def test_changing_a_plot_option_reruns_only_the_plots(tiny_run):
     assert _planned_after_edit(tiny_run, "plots", edit) == {"evaluate_binary": 1, "all": 1}
 
 
+def test_editing_the_training_code_retrains(tiny_run):
+    # Snakemake compares checksums of inputs it did not make: edit the content, then restore.
+    code = REPO / "workflow" / "fewcells" / "model.py"
+    text, before = code.read_bytes(), code.stat()
+    code.write_bytes(text + b"# an edit\n")
+    try:
+        jobs = planned_jobs(tiny_run, "--configfile", str(tiny_run / "config.yaml"))
+    finally:
+        code.write_bytes(text)
+        os.utime(code, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert jobs.get("train") == 4 + 2  # every training job of both experiments
+    assert not {"fetch", "manifest", "dedup", "folds", "store"} & set(jobs)
+
+
 def test_invalid_config_stops_before_any_job(tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["experiments"]["tiny_binary"]["folds"]["sizes"] = [-5]
