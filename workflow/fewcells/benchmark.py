@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -185,18 +186,28 @@ def benchmark_training(*, size: int = 100, epochs: int = 5, cores: int | None = 
     return result
 
 
-def benchmark_workflow(repo: Path, configfiles: list[Path], *, cores: int) -> dict:
-    """Wall time and peak memory (largest job) of `snakemake --cores N` in a fresh folder."""
-    with tempfile.TemporaryDirectory(prefix="fewcells-workflow-") as tmp:
+def benchmark_workflow(
+    repo: Path, configfiles: list[Path], *, cores: int, workdir: Path | None = None
+) -> dict:
+    """Wall time and peak memory (largest job) of `snakemake --cores N` in a fresh folder.
+
+    The folder is a temporary one, or `workdir` (created; kept, with the results).
+    """
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fewcells-")))
+        elif workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+            raise FewcellsError(f"benchmark workflow: {workdir} is not an empty folder")
+        workdir.mkdir(parents=True, exist_ok=True)
         command = [
             sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"),
             "--cores", str(cores), "--quiet", "progress",
             "--configfile", *map(str, configfiles),
         ]  # fmt: skip
         started = time.perf_counter()
-        subprocess.run(command, cwd=tmp, check=True)
+        subprocess.run(command, cwd=workdir, check=True)
         wall = time.perf_counter() - started
-        jobs = [pd.read_csv(p, sep="\t") for p in Path(tmp).glob("results/benchmarks/**/*.tsv")]
+        jobs = [pd.read_csv(p, sep="\t") for p in workdir.glob("results/benchmarks/**/*.tsv")]
         peak_job = max(float(job["max_rss"].max()) for job in jobs) if jobs else float("nan")
     result = {
         "cores": cores,

@@ -219,7 +219,9 @@ def cmd_benchmark(args) -> None:
         if not (repo / "Snakefile").is_file():
             raise FewcellsError(f"benchmark workflow: run it in the repository root ({repo})")
         configfiles = [p.resolve() for p in args.configfile or [repo / "config" / "config.yaml"]]
-        result = benchmark.benchmark_workflow(repo, configfiles, cores=args.cores or os.cpu_count())
+        result = benchmark.benchmark_workflow(
+            repo, configfiles, cores=args.cores or os.cpu_count(), workdir=args.workdir
+        )
     elif args.what == "dedup":
         result = benchmark.benchmark_dedup(n_images=args.images, threads=args.cores)
     else:
@@ -348,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=5, help="training: epochs per measurement")
     p.add_argument("--images", type=int, default=20000, help="dedup: number of images")
     p.add_argument("--configfile", type=Path, nargs="+", help="workflow: configs (demo)")
+    p.add_argument("--workdir", type=Path, help="workflow: run (and keep the results) here")
     p.add_argument("--train-root", type=Path, help="sweep: RESULTS/EXPERIMENT/train")
     p.add_argument("--project-sizes", type=int, nargs="+", help="sweep: sizes to project to")
     p.add_argument("--project-folds", type=int, help="sweep: folds to project to")
