@@ -156,7 +156,7 @@ def workflow_path(root: Path, *, size: int, epochs: int, processes: int) -> dict
     }
 
 
-def benchmark_training(*, size: int = 100, epochs: int = 5, cores: int | None = None) -> dict:
+def benchmark_training(*, size: int = 100, epochs: int = 30, cores: int | None = None) -> dict:
     """Workflow training path vs plain loop on `cores` cores; prints and returns the numbers."""
     cores = cores or os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="fewcells-bench-") as tmp:

@@ -347,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["training", "workflow", "dedup", "sweep"])
     p.add_argument("--cores", type=int, default=None, help="default: all cores")
     p.add_argument("--size", type=int, default=100, help="training: training-set size")
-    p.add_argument("--epochs", type=int, default=5, help="training: epochs per measurement")
+    p.add_argument("--epochs", type=int, default=30, help="training: epochs per measurement")
     p.add_argument("--images", type=int, default=20000, help="dedup: number of images")
     p.add_argument("--configfile", type=Path, nargs="+", help="workflow: configs (demo)")
     p.add_argument("--workdir", type=Path, help="workflow: run (and keep the results) here")

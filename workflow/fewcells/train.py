@@ -44,7 +44,6 @@ DEFAULT_TRAIN_CONFIG: dict = {
     "threads": 1,
     "accelerator": "auto",
     "precision": "32-true",
-    "compile": False,
     "balance_to": None,
     "augment": {
         "flips": True,
@@ -311,17 +310,13 @@ class CellClassifier(L.LightningModule):
             contrast=augment["contrast"],
         )
         self._augment_generator: torch.Generator | None = None
-        # A function, not a submodule: the checkpoint keeps the plain network's keys.
-        self._network_forward: Callable[[torch.Tensor], torch.Tensor] = self.model.forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for float images (B, C, H, W) in [0, 1]."""
-        return self._network_forward(x.contiguous(memory_format=torch.channels_last))
+        return self.model(x.contiguous(memory_format=torch.channels_last))
 
     def on_fit_start(self) -> None:
         self._augment_generator = torch.Generator(device=self.device).manual_seed(self.hparams.seed)
-        if self.train_cfg["compile"]:
-            self._network_forward = torch.compile(self.model.forward)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         images, targets = batch
