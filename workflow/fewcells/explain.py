@@ -349,7 +349,7 @@ def explain_fold(
             x = to_model_input(torch.from_numpy(batch))
             with torch.no_grad():
                 predicted = model(x).argmax(dim=1)
-            targets = predicted if use_predicted else torch.as_tensor(part["target"].to_numpy())
+            targets = predicted if use_predicted else torch.tensor(part["target"].to_numpy())
             relevance, logits = lrp(model, x, targets, composite)
             relevance = relevance.sum(axis=1)
             is_example = part["image_id"].isin(examples["image_id"]).to_numpy()
