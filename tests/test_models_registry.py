@@ -265,3 +265,23 @@ def test_the_config_schema_knows_the_model_keys():
         config["experiments"][name]["model"] = bad
         with pytest.raises(FewcellsError, match="model"):
             validate_config(config)
+
+
+def test_a_trained_job_checkpoint_loads_and_a_frozen_resnet_trains(tmp_path):
+    """A real Lightning model.ckpt from run_training loads as weights; train.py runs resnet18."""
+    from test_train import IMAGE_SIZE, make_store
+
+    from fewcells.train import run_training
+
+    dataset = make_store(tmp_path / "data")
+    train_cfg = {"max_epochs": 1, "patience": 5}
+    paper = {"name": "paper_cnn", "hidden": 32}
+    run_training(*dataset, 0, 8, train_cfg, paper, tmp_path / "paper", image_size=IMAGE_SIZE)
+    ckpt = tmp_path / "paper" / "model.ckpt"
+    trained = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    model = build_model({**paper, "weights": str(ckpt)}, n_classes=2, image_size=IMAGE_SIZE)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, trained["model." + key]), key
+    resnet = {"name": "resnet18", "freeze": 1, "keep_blocks": 2}
+    info = run_training(*dataset, 0, 8, train_cfg, resnet, tmp_path / "r18", image_size=IMAGE_SIZE)
+    assert info["n_parameters"] < 1_000_000
