@@ -9,7 +9,7 @@ import torch
 
 from fewcells import train
 from fewcells.errors import FewcellsError
-from fewcells.model import MIN_IMAGE_SIZE
+from fewcells.model import MIN_IMAGE_SIZE, build_model
 from fewcells.train import (
     DEFAULT_TRAIN_CONFIG,
     CellClassifier,
@@ -196,6 +196,24 @@ def test_checkpoint_reloads_the_best_model(learnt, dataset):
     with np.load(out_dir / "embeddings.npz") as saved:
         test_rows = [saved["image_id"].tolist().index(i) for i in predictions["image_id"]]
         np.testing.assert_allclose(saved["embedding"][test_rows], embedding, atol=1e-5)
+
+
+def test_checkpoint_reloads_without_the_starting_weights_file(dataset, tmp_path):
+    start = tmp_path / "start.pt"
+    torch.save(build_model(MODEL_CFG, len(CLASSES), IMAGE_SIZE).state_dict(), start)
+    model_cfg = {**MODEL_CFG, "weights": str(start)}
+    run_training(
+        *dataset, 0, 8, {"max_epochs": 1}, model_cfg, tmp_path / "tuned", image_size=IMAGE_SIZE
+    )
+    start.unlink()  # the user moved the starting weights away
+    with pytest.raises(FewcellsError, match="start.pt"):
+        CellClassifier.load_from_checkpoint(tmp_path / "tuned" / "model.ckpt")
+    model = CellClassifier.from_checkpoint(tmp_path / "tuned" / "model.ckpt")
+    assert model.hparams.model_cfg["weights"] is None
+    saved = torch.load(tmp_path / "tuned" / "model.ckpt", weights_only=True)["state_dict"]
+    torch.testing.assert_close(
+        model.state_dict()["model.classifier.weight"], saved["model.classifier.weight"]
+    )
 
 
 def test_same_config_gives_identical_outputs(dataset, tmp_path):

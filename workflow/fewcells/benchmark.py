@@ -1,7 +1,7 @@
 """Benchmarks that print numbers: training throughput, the demo workflow, deduplication.
 
-- `training`: image-steps per second of the paper CNN (257 px, batch 5, the paper's
-  augmentation) through the workflow's training path (`run_training`, one single-thread
+- `training`: image-steps per second of a network (the paper CNN by default; `--model`
+  for the others; 257 px, batch 5, the paper's augmentation) through the workflow's training path (`run_training`, one single-thread
   process per core, as `snakemake --cores N` schedules training jobs), next to a plain
   single-process PyTorch loop (channels-last, data in memory, all cores) measured in the
   same run; both count training images per second of fit time, validation included.
@@ -38,8 +38,6 @@ from fewcells.folds import assign_folds
 from fewcells.model import build_model, to_model_input
 from fewcells.train import EVAL_BATCH_SIZE, OPTIMIZERS, run_training, train_config
 
-PAPER_CNN = {"name": "paper_cnn"}
-
 
 def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
@@ -69,12 +67,20 @@ def write_synthetic_experiment(root: Path, *, n_images: int = 250, image_size: i
 
 
 def plain_loop(
-    root: Path, *, size: int, epochs: int, threads: int, image_size: int = 257, fold: int = 0
+    root: Path,
+    *,
+    size: int,
+    epochs: int,
+    threads: int,
+    image_size: int = 257,
+    fold: int = 0,
+    model_name: str = "paper_cnn",
 ) -> dict:
     """A plain PyTorch training loop on the same data as the workflow path, as a baseline.
 
-    One process, `threads` torch threads, the fold's images in memory, the paper CNN in
-    channels-last, RMSprop, batch 5, flips + rotation, and a validation pass per epoch.
+    One process, `threads` torch threads, the fold's images in memory, the network
+    (`model_name`, the paper CNN by default) in channels-last, RMSprop, batch 5, flips +
+    rotation, and a validation pass per epoch.
     """
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -88,7 +94,8 @@ def plain_loop(
     train_x, val_x = (images[[rows[i] for i in part["image_id"]]] for part in (train, val))
     train_y, val_y = (torch.tensor(part["target"].to_numpy()) for part in (train, val))
     cfg = train_config({})
-    model = build_model(PAPER_CNN, 2, image_size).to(memory_format=torch.channels_last)
+    model = build_model({"name": model_name}, 2, image_size)
+    model = model.to(memory_format=torch.channels_last)
     optimizer = OPTIMIZERS[cfg["optimizer"]](model.parameters(), cfg)
     augment = BatchAugment()
     started = time.perf_counter()
@@ -111,7 +118,9 @@ def plain_loop(
     return {"image_steps": len(train_x) * epochs, "seconds": seconds}
 
 
-def _workflow_job(root: str, fold: int, size: int, epochs: int, barrier, results) -> None:
+def _workflow_job(
+    root: str, fold: int, size: int, epochs: int, model_name: str, barrier, results
+) -> None:
     """One training job as the workflow runs it (single thread), after all jobs are ready."""
     train_cfg = {"max_epochs": epochs, "patience": epochs, "threads": 1}
     barrier.wait()
@@ -122,14 +131,16 @@ def _workflow_job(root: str, fold: int, size: int, epochs: int, barrier, results
         fold,
         size,
         train_cfg,
-        PAPER_CNN,
+        {"name": model_name},
         Path(root) / "train" / f"n{size}" / f"fold{fold}",
         image_size=257,
     )
     results.put(info)
 
 
-def workflow_path(root: Path, *, size: int, epochs: int, processes: int) -> dict:
+def workflow_path(
+    root: Path, *, size: int, epochs: int, processes: int, model_name: str = "paper_cnn"
+) -> dict:
     """`processes` concurrent single-thread training jobs (different folds), as Snakemake runs them.
 
     Throughput = all jobs' training image-steps / the longest job's fit time.
@@ -138,7 +149,8 @@ def workflow_path(root: Path, *, size: int, epochs: int, processes: int) -> dict
     barrier, results = context.Barrier(processes), context.Queue()
     jobs = [
         context.Process(
-            target=_workflow_job, args=(str(root), fold, size, epochs, barrier, results)
+            target=_workflow_job,
+            args=(str(root), fold, size, epochs, model_name, barrier, results),
         )
         for fold in range(processes)
     ]
@@ -156,17 +168,22 @@ def workflow_path(root: Path, *, size: int, epochs: int, processes: int) -> dict
     }
 
 
-def benchmark_training(*, size: int = 100, epochs: int = 30, cores: int | None = None) -> dict:
+def benchmark_training(
+    *, size: int = 100, epochs: int = 30, cores: int | None = None, model_name: str = "paper_cnn"
+) -> dict:
     """Workflow training path vs plain loop on `cores` cores; prints and returns the numbers."""
     cores = cores or os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="fewcells-bench-") as tmp:
         root = Path(tmp)
         write_synthetic_experiment(root)
-        plain = plain_loop(root, size=size, epochs=epochs, threads=cores)
-        workflow = workflow_path(root, size=size, epochs=epochs, processes=cores)
+        plain = plain_loop(root, size=size, epochs=epochs, threads=cores, model_name=model_name)
+        workflow = workflow_path(
+            root, size=size, epochs=epochs, processes=cores, model_name=model_name
+        )
     plain_rate = plain["image_steps"] / plain["seconds"]
     workflow_rate = workflow["image_steps"] / workflow["seconds"]
     result = {
+        "model": model_name,
         "cores": cores,
         "training_size": size,
         "epochs": epochs,
@@ -176,7 +193,7 @@ def benchmark_training(*, size: int = 100, epochs: int = 30, cores: int | None =
         "training_job_peak_rss_mb": round(workflow["peak_rss_mb"]),
     }
     print(
-        f"training throughput, paper CNN, 257 px, batch 5, n = {size}, {epochs} epochs, "
+        f"training throughput, {model_name}, 257 px, batch 5, n = {size}, {epochs} epochs, "
         f"{cores} cores:\n"
         f"  plain PyTorch loop, 1 process x {cores} threads: {plain_rate:8.1f} image-steps/s\n"
         f"  workflow path, {cores} jobs x 1 thread:          {workflow_rate:8.1f} image-steps/s\n"

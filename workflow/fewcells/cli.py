@@ -213,7 +213,9 @@ def cmd_benchmark(args) -> None:
     from fewcells import benchmark
 
     if args.what == "training":
-        result = benchmark.benchmark_training(size=args.size, epochs=args.epochs, cores=args.cores)
+        result = benchmark.benchmark_training(
+            size=args.size, epochs=args.epochs, cores=args.cores, model_name=args.model
+        )
     elif args.what == "workflow":
         repo = Path.cwd()
         if not (repo / "Snakefile").is_file():
@@ -347,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["training", "workflow", "dedup", "sweep"])
     p.add_argument("--cores", type=int, default=None, help="default: all cores")
     p.add_argument("--size", type=int, default=100, help="training: training-set size")
+    p.add_argument("--model", default="paper_cnn", help="training: model.name to measure")
     p.add_argument("--epochs", type=int, default=30, help="training: epochs per measurement")
     p.add_argument("--images", type=int, default=20000, help="dedup: number of images")
     p.add_argument("--configfile", type=Path, nargs="+", help="workflow: configs (demo)")

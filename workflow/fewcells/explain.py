@@ -207,7 +207,7 @@ def _load_network(path: Path) -> torch.nn.Module:
     if not path.is_file():
         raise FewcellsError(f"{path}: no trained network (model.ckpt) for explain")
     try:
-        return CellClassifier.load_from_checkpoint(path, map_location="cpu").model.eval()
+        return CellClassifier.from_checkpoint(path, map_location="cpu").model.eval()
     except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:
         raise FewcellsError(f"{path}: cannot load the network: {error}") from error
 

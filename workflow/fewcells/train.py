@@ -352,6 +352,16 @@ class CellClassifier(L.LightningModule):
             "embedding": embedding.float(),
         }
 
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, map_location: str | None = None
+    ) -> CellClassifier:
+        """A trained classifier from its model.ckpt. The network's weights come from the
+        checkpoint, so the file training started from (`model.weights`) is not read again."""
+        hparams = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+        model_cfg = {**hparams["model_cfg"], "weights": None}
+        return cls.load_from_checkpoint(path, map_location=map_location, model_cfg=model_cfg)
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return OPTIMIZERS[self.train_cfg["optimizer"]](self.parameters(), self.train_cfg)
 
@@ -534,7 +544,7 @@ def run_training(
         trainer.fit(module, datamodule=data)
         fit_seconds = time.perf_counter() - fit_started
         print(f"{history.describe()} (finished in {fit_seconds:.0f} s)", file=sys.stderr)
-        best_module = CellClassifier.load_from_checkpoint(checkpoint.best_model_path)
+        best_module = CellClassifier.from_checkpoint(checkpoint.best_model_path)
         predictions = trainer.predict(best_module, dataloaders=data.predict_dataloader())
         _write_outputs(tmp, data, predictions, class_names, history)
         best = history.best()

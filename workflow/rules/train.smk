@@ -5,6 +5,7 @@ rule train:
         folds=f"{RESULTS}/{{experiment}}/folds/folds.csv",
         classes=f"{RESULTS}/{{experiment}}/folds/classes.json",
         code=TRAINING_CODE,
+        weights=lambda w: experiment_config(w)["model"]["weights"] or [],
     output:
         model=f"{RESULTS}/{{experiment}}/train/n{{size}}/fold{{fold}}/model.ckpt",
         history=f"{RESULTS}/{{experiment}}/train/n{{size}}/fold{{fold}}/history.csv",
