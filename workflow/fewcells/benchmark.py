@@ -1,10 +1,11 @@
 """Benchmarks that print numbers: training throughput, the demo workflow, deduplication.
 
 - `training`: image-steps per second of a network (the paper CNN by default; `--model`
-  for the others; 257 px, batch 5, the paper's augmentation) through the workflow's training path (`run_training`, one single-thread
-  process per core, as `snakemake --cores N` schedules training jobs), next to a plain
-  single-process PyTorch loop (channels-last, data in memory, all cores) measured in the
-  same run; both count training images per second of fit time, validation included.
+  for the others; 257 px, batch 5, the paper's augmentation) through the workflow's
+  training path (`run_training`, one single-thread process per core, as
+  `snakemake --cores N` schedules training jobs), next to a plain single-process PyTorch
+  loop (channels-last, data in memory, all cores) measured in the same run; both count
+  training images per second of fit time, validation included.
 - `workflow`: wall time and peak memory of `snakemake --cores N` on a config (the demo by
   default) in a fresh temporary folder.
 - `dedup`: hashing and confirming a folder of N generated images (with planted copies),
