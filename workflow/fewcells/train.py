@@ -413,14 +413,19 @@ class EpochHistory(L.Callback):
 
 @contextlib.contextmanager
 def _lightning_session() -> Iterator[None]:
-    """Quiet Lightning (info chatter, the few-workers warning: num_workers=0 is deliberate)
-    and undo its process-wide deterministic-algorithms switch afterwards."""
+    """Quiet Lightning (info chatter; the few-workers and eval-mode warnings: num_workers=0
+    and frozen BatchNorm are deliberate) and undo its process-wide deterministic-algorithms
+    switch afterwards."""
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     levels = [logger.level for logger in loggers]
     deterministic = torch.are_deterministic_algorithms_enabled()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+        # Frozen BatchNorm layers (model.freeze) stay in eval mode on purpose.
+        warnings.filterwarnings(
+            "ignore", message=".*module.s. in eval mode at the start of training.*"
+        )
         for logger in loggers:
             logger.setLevel(logging.WARNING)
         try:
