@@ -20,11 +20,17 @@ os.umask(_UMASK)
 def atomic_path(target: str | os.PathLike, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `target`; rename it onto `target` only on success.
 
-    On any exception the temporary file or folder is removed and `target` is untouched.
+    On any exception the temporary file or folder is removed and `target` is untouched;
+    temporaries that a killed earlier attempt left beside `target` are removed first.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{target.name}.tmp-"
+    for stale in target.parent.glob(f"{prefix}*"):  # left by a killed earlier attempt
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     else:
