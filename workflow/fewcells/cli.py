@@ -166,6 +166,14 @@ def cmd_evaluate(args) -> None:
     )
 
 
+def cmd_compare(args) -> None:
+    from fewcells.compare import compare_experiments
+
+    compare_experiments(
+        args.metrics, args.names, args.metric, args.out, title=args.title, dpi=args.dpi
+    )
+
+
 def cmd_explain(args) -> None:
     import torch
 
@@ -311,6 +319,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot-options", type=_json, default={})
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="compare experiments on identical folds (Wilcoxon)")
+    p.add_argument("metrics", type=Path, nargs="+", help="each experiment's metrics.csv")
+    p.add_argument("--names", nargs="+", required=True, help="experiment names, same order")
+    p.add_argument("--metric", required=True, help="metrics.csv column, e.g. roc_auc")
+    p.add_argument("--title", default="", help="comparison name shown in the outputs")
+    p.add_argument("--dpi", type=int, default=150)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("explain", help="saliency and LRP maps, relevance shares of one fold")
     p.add_argument("--store", type=Path, required=True)

@@ -85,7 +85,90 @@ def validate_config(config: dict) -> dict:
             f"config key run: unknown experiment(s) {unknown} (experiments: "
             f"{sorted(config['experiments'])})"
         )
+    _check_compare(config)
     return config
+
+
+FOLD_KEYS_THAT_MAY_DIFFER = ("sizes", "run_folds")
+BINARY_COMPARE_METRICS = (
+    "roc_auc",
+    "sensitivity",
+    "specificity",
+    "youden_sensitivity",
+    "youden_specificity",
+    "accuracy",
+    "f1",
+)
+MULTICLASS_COMPARE_METRICS = ("macro_f1", "accuracy", "balanced_accuracy")
+
+
+def experiment_task(experiment: dict) -> str:
+    """binary (exactly two classes configured) or multiclass."""
+    classes = experiment.get("classes")
+    return "binary" if classes is not None and len(classes) == 2 else "multiclass"
+
+
+def compare_metric(config: dict, entry: dict) -> str:
+    """The metric of a validated `compare` entry (null - the task's main metric)."""
+    if entry.get("metric"):
+        return entry["metric"]
+    task = experiment_task(config["experiments"][entry["experiments"][0]])
+    return "roc_auc" if task == "binary" else "macro_f1"
+
+
+def _check_compare(config: dict) -> None:
+    """Each comparison names run experiments with one task, dataset and fold split."""
+    names = [entry["name"] for entry in config["compare"]]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise FewcellsError(f"config key compare: duplicated comparison name(s) {duplicated}")
+    for i, entry in enumerate(config["compare"]):
+        entry.setdefault("metric", None)  # defaults are not filled inside arrays
+        key = f"compare[{i}].experiments"
+        chosen = entry["experiments"]
+        unknown = [name for name in chosen if name not in config["experiments"]]
+        if unknown:
+            raise FewcellsError(
+                f"config key {key}: unknown experiment(s) {unknown} "
+                f"(experiments: {sorted(config['experiments'])})"
+            )
+        not_run = [name for name in chosen if name not in config["run"]]
+        if not_run:
+            raise FewcellsError(
+                f"config key {key}: experiment(s) {not_run} are not in `run` {config['run']}"
+            )
+        first, *others = chosen
+        reference = config["experiments"][first]
+        for name in others:
+            experiment = config["experiments"][name]
+            for what, value in (
+                ("task", lambda e: experiment_task(e)),
+                ("classes", lambda e: e.get("classes")),
+                ("dataset", lambda e: e["dataset"]),
+                (
+                    "folds (other than sizes/run_folds)",
+                    lambda e: {
+                        k: v for k, v in e["folds"].items() if k not in FOLD_KEYS_THAT_MAY_DIFFER
+                    },
+                ),
+            ):
+                if value(experiment) != value(reference):
+                    raise FewcellsError(
+                        f"config key {key}: {name!r} and {first!r} differ in {what} "
+                        f"({value(experiment)!r} vs {value(reference)!r}); a comparison needs "
+                        "identical folds of one task"
+                    )
+        metric = entry["metric"]
+        allowed = (
+            BINARY_COMPARE_METRICS
+            if experiment_task(reference) == "binary"
+            else MULTICLASS_COMPARE_METRICS
+        )
+        if metric is not None and metric not in allowed:
+            raise FewcellsError(
+                f"config key compare[{i}].metric: {metric!r} is not a metric of this task "
+                f"(one of {list(allowed)})"
+            )
 
 
 def _check_subset(key: str, chosen: list | None, allowed: list) -> None:

@@ -4,6 +4,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from fewcells.config import (
+    compare_metric,
     explain_folds,
     explain_sizes,
     fold_ids,
@@ -32,6 +33,7 @@ def is_binary(experiment):
     return classes is not None and len(classes) == 2
 
 
+COMPARISONS = {entry["name"]: entry for entry in CONFIG["compare"]}
 BINARY = [e for e in CONFIG["run"] if is_binary(e)] or ["__none__"]
 MULTICLASS = [e for e in CONFIG["run"] if not is_binary(e)] or ["__none__"]
 
@@ -41,6 +43,7 @@ wildcard_constraints:
     experiment=r"[A-Za-z0-9_-]+",
     size=r"\d+",
     fold=r"\d+",
+    comparison=r"[A-Za-z0-9_-]+",
 
 
 def experiment_config(wildcards):
@@ -100,7 +103,34 @@ def all_targets():
         targets.append(f"{DATASETS}/{dataset}/dedup/dedup_summary.json")
         targets += evaluation_targets(experiment)
         targets += explanation_targets(experiment)
+    for name in COMPARISONS:
+        targets += [
+            f"{RESULTS}/comparisons/{name}/{file}"
+            for file in (
+                "comparison.csv",
+                "wilcoxon.csv",
+                "comparison.md",
+                "comparison.png",
+            )
+        ]
     return targets
+
+
+def compare_inputs(wildcards):
+    return [
+        f"{RESULTS}/{experiment}/evaluation/metrics.csv"
+        for experiment in COMPARISONS[wildcards.comparison]["experiments"]
+    ]
+
+
+def comparison_output(name, label):
+    return report(
+        f"{RESULTS}/comparisons/{{comparison}}/{name}",
+        caption="../report/comparison.rst",
+        category="Comparisons",
+        subcategory="{comparison}",
+        labels={"comparison": "{comparison}", "figure": label},
+    )
 
 
 def evaluate_inputs(wildcards):

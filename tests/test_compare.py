@@ -1,0 +1,149 @@
+from __future__ import annotations
+
+import copy
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from fewcells.compare import common_pairs, compare_experiments, read_metrics, wilcoxon_table
+from fewcells.config import compare_metric, validate_config
+from fewcells.errors import FewcellsError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = yaml.safe_load((REPO / "tests/integration/configs/tiny_demo.yaml").read_text())
+
+
+def _metrics(path: Path, rows: list[tuple[int, int, float]]) -> Path:
+    table = pd.DataFrame(rows, columns=["size", "fold", "roc_auc"]).assign(accuracy=0.5)
+    table.to_csv(path, index=False)
+    return path
+
+
+A_SCORES = {10: [0.61, 0.70, 0.66, 0.58, 0.72], 20: [0.80, 0.82, 0.79, 0.85, 0.83]}
+B_SCORES = {10: [0.60, 0.65, 0.67, 0.50, 0.62], 20: [0.90, 0.91, 0.86, 0.95, 0.88]}
+
+
+@pytest.fixture
+def two_tables(tmp_path):
+    a = [(size, fold, s) for size, v in A_SCORES.items() for fold, s in enumerate(v)]
+    b = [(size, fold, s) for size, v in B_SCORES.items() for fold, s in enumerate(v)]
+    a.append((40, 0, 0.9))  # only in a: must be left out
+    b.append((10, 7, 0.3))  # fold only in b: must be left out
+    return _metrics(tmp_path / "a.csv", a), _metrics(tmp_path / "b.csv", b)
+
+
+def test_wilcoxon_matches_scipy(two_tables):
+    scores = common_pairs(read_metrics(two_tables, ["a", "b"], "roc_auc"))
+    tests = wilcoxon_table(scores, ["a", "b"]).set_index("size")
+    for size in (10, 20):
+        expected = stats.wilcoxon(A_SCORES[size], B_SCORES[size])
+        assert tests.loc[size, "statistic"] == pytest.approx(expected.statistic)
+        assert tests.loc[size, "p_value"] == pytest.approx(expected.pvalue)
+        assert tests.loc[size, "n_pairs"] == 5
+        assert tests.loc[size, "mean_difference"] == pytest.approx(
+            np.mean(np.subtract(A_SCORES[size], B_SCORES[size]))
+        )
+    # every fold of b is better at size 20: the smallest p five folds allow
+    assert tests.loc[20, "p_value"] == pytest.approx(0.0625)
+    assert tests.loc[20, "min_possible_p"] == pytest.approx(0.0625)
+
+
+def test_fewer_than_two_differences_give_nan_with_a_note(tmp_path):
+    a = _metrics(tmp_path / "a.csv", [(5, f, 0.5) for f in range(4)])
+    b = _metrics(tmp_path / "b.csv", [(5, f, 0.5 + (f == 0) * 0.1) for f in range(4)])
+    tests = wilcoxon_table(common_pairs(read_metrics([a, b], ["a", "b"], "roc_auc")), ["a", "b"])
+    assert math.isnan(tests.loc[0, "p_value"]) and "1 fold" in tests.loc[0, "note"]
+
+
+def test_only_common_size_fold_pairs_are_compared(two_tables, tmp_path):
+    compare_experiments(two_tables, ["a", "b"], "roc_auc", tmp_path / "out", title="t", n_boot=5)
+    table = pd.read_csv(tmp_path / "out/comparison.csv")
+    assert sorted(table["size"].unique()) == [10, 20]
+    assert (table["n_folds"] == 5).all()
+    row = table[(table["size"] == 10) & (table["experiment"] == "b")].iloc[0]
+    assert row["mean"] == pytest.approx(np.mean(B_SCORES[10]))
+    assert row["sd"] == pytest.approx(np.std(B_SCORES[10], ddof=1))
+    assert row["median"] == pytest.approx(np.median(B_SCORES[10]))
+
+
+def test_outputs_are_written(two_tables, tmp_path):
+    out = tmp_path / "out"
+    compare_experiments(two_tables, ["a", "b"], "roc_auc", out, title="t", n_boot=5)
+    for name in ("comparison.csv", "wilcoxon.csv", "comparison.md", "comparison.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "0.0625" in (out / "comparison.md").read_text()
+    assert len(pd.read_csv(out / "wilcoxon.csv")) == 2
+
+
+def test_no_common_pair_is_an_error(tmp_path):
+    a = _metrics(tmp_path / "a.csv", [(5, 0, 0.5)])
+    b = _metrics(tmp_path / "b.csv", [(6, 0, 0.5)])
+    with pytest.raises(FewcellsError, match="no \\(size, fold\\) pair"):
+        common_pairs(read_metrics([a, b], ["a", "b"], "roc_auc"))
+
+
+def test_cli_compare(two_tables, tmp_path):
+    out = tmp_path / "cli"
+    command = [sys.executable, "-m", "fewcells.cli", "compare", *map(str, two_tables)]
+    command += ["--names", "a", "b", "--metric", "roc_auc", "--out", str(out)]
+    subprocess.run(command, check=True, capture_output=True)
+    assert (out / "comparison.png").exists()
+
+
+def _with_compare(**changes) -> dict:
+    config = copy.deepcopy(TINY)
+    config["experiments"]["tiny_binary_b"] = copy.deepcopy(config["experiments"]["tiny_binary"])
+    config["experiments"]["tiny_binary_b"]["model"] = {"name": "resnet18"}
+    config["run"].append("tiny_binary_b")
+    config["compare"] = [{"name": "cnn_vs_resnet", "experiments": ["tiny_binary", "tiny_binary_b"]}]
+    for experiment, edit in changes.items():
+        edit(config, config["experiments"].get(experiment))
+    return config
+
+
+def test_a_valid_compare_entry_gets_the_main_metric():
+    config = validate_config(_with_compare())
+    assert compare_metric(config, config["compare"][0]) == "roc_auc"
+    assert validate_config(TINY)["compare"] == []
+
+
+def test_sizes_and_run_folds_may_differ():
+    def edit(config, experiment):
+        experiment["folds"].update(sizes=[6], run_folds=[1])
+
+    validate_config(_with_compare(tiny_binary_b=edit))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c, e: e["folds"].update(seed=3), "differ in folds"),
+        (lambda c, e: e["folds"].update(k=3), "differ in folds"),
+        (lambda c, e: e.pop("classes"), "differ in task"),
+        (lambda c, e: c["compare"][0]["experiments"].append("nope"), "unknown experiment"),
+        (lambda c, e: c["run"].remove("tiny_binary_b"), "not in `run`"),
+        (lambda c, e: c["compare"][0].update(metric="macro_f1"), "not a metric"),
+    ],
+)
+def test_bad_compare_entries_are_rejected_naming_the_key(change, message):
+    config = _with_compare(tiny_binary_b=change)
+    with pytest.raises(FewcellsError, match=r"config key compare\[0\]") as error:
+        validate_config(config)
+    assert message in str(error.value)
+
+
+def test_different_dataset_is_rejected():
+    def edit(config, experiment):
+        config["datasets"]["other"] = copy.deepcopy(config["datasets"]["tiny"])
+        experiment["dataset"] = "other"
+
+    with pytest.raises(FewcellsError, match=r"compare\[0\]\.experiments.*dataset"):
+        validate_config(_with_compare(tiny_binary_b=edit))
