@@ -91,3 +91,12 @@ def test_bad_values_name_the_key(edit, key):
     with pytest.raises(FewcellsError) as error:
         validate_config(config)
     assert f"config key {key}" in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["datasets", "comparisons", "logs"])
+def test_experiment_named_like_a_results_folder_is_refused(name):
+    config = copy.deepcopy(DEMO)
+    config["experiments"][name] = config["experiments"].pop("demo_binary")
+    config["run"] = [name]
+    with pytest.raises(FewcellsError, match=f"experiments.{name}: .*results folder"):
+        validate_config(config)

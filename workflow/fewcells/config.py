@@ -12,6 +12,8 @@ from fewcells.errors import FewcellsError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 TRAIN_RESOURCE_KEYS = ("mem_mb", "runtime", "gpus")
+# results/<name>/ folders the workflow writes besides the experiments' own.
+RESERVED_RESULT_FOLDERS = ("benchmarks", "comparisons", "datasets", "logs")
 
 
 def load_schema() -> dict:
@@ -57,6 +59,11 @@ def validate_config(config: dict) -> dict:
     _fill_defaults(config, schema, schema)
     for name, experiment in config["experiments"].items():
         key = f"experiments.{name}"
+        if name in RESERVED_RESULT_FOLDERS:
+            raise FewcellsError(
+                f"config key {key}: {name!r} is a results folder of its own "
+                f"({', '.join(RESERVED_RESULT_FOLDERS)}); name the experiment otherwise"
+            )
         if experiment["dataset"] not in config["datasets"]:
             raise FewcellsError(
                 f"config key {key}.dataset: unknown dataset {experiment['dataset']!r} "
