@@ -63,6 +63,12 @@ def write_text(text: str, target: str | os.PathLike) -> None:
         tmp.write_text(text)
 
 
+def write_png(figure, target: str | os.PathLike, dpi: int) -> None:
+    """Write a matplotlib Figure as PNG, atomically."""
+    with atomic_path(target) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi)
+
+
 def write_json(obj, target: str | os.PathLike) -> None:
     """Write JSON (indented, keys sorted) atomically."""
     write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", target)

@@ -22,9 +22,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from scipy import stats
 
-from fewcells.atomic import write_csv, write_text
+from fewcells.atomic import write_csv, write_png, write_text
 from fewcells.errors import FewcellsError
-from fewcells.evaluate import _save_figure, fit_learning_curve
+from fewcells.evaluate import fit_learning_curve
 from fewcells.plots import METRIC_LABELS
 
 COMPARISON_COLUMNS = [
@@ -259,6 +259,6 @@ def compare_experiments(
     write_csv(table, out_dir / "comparison.csv")
     write_csv(tests, out_dir / "wilcoxon.csv")
     write_text(summary_markdown(table, tests, metric, names, title), out_dir / "comparison.md")
-    _save_figure(
+    write_png(
         comparison_figure(scores, names, metric, title=title), out_dir / "comparison.png", dpi
     )

@@ -9,6 +9,7 @@ import jsonschema
 import yaml
 
 from fewcells.errors import FewcellsError
+from fewcells.metric_names import MAIN_METRIC, SCORES
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 TRAIN_RESOURCE_KEYS = ("mem_mb", "runtime", "gpus")
@@ -97,16 +98,6 @@ def validate_config(config: dict) -> dict:
 
 
 FOLD_KEYS_THAT_MAY_DIFFER = ("sizes", "run_folds")
-BINARY_COMPARE_METRICS = (
-    "roc_auc",
-    "sensitivity",
-    "specificity",
-    "youden_sensitivity",
-    "youden_specificity",
-    "accuracy",
-    "f1",
-)
-MULTICLASS_COMPARE_METRICS = ("macro_f1", "accuracy", "balanced_accuracy")
 
 
 def experiment_task(experiment: dict) -> str:
@@ -120,7 +111,7 @@ def compare_metric(config: dict, entry: dict) -> str:
     if entry.get("metric"):
         return entry["metric"]
     task = experiment_task(config["experiments"][entry["experiments"][0]])
-    return "roc_auc" if task == "binary" else "macro_f1"
+    return MAIN_METRIC[task]
 
 
 def _check_compare(config: dict) -> None:
@@ -166,11 +157,7 @@ def _check_compare(config: dict) -> None:
                         "identical folds of one task"
                     )
         metric = entry["metric"]
-        allowed = (
-            BINARY_COMPARE_METRICS
-            if experiment_task(reference) == "binary"
-            else MULTICLASS_COMPARE_METRICS
-        )
+        allowed = SCORES[experiment_task(reference)]
         if metric is not None and metric not in allowed:
             raise FewcellsError(
                 f"config key compare[{i}].metric: {metric!r} is not a metric of this task "

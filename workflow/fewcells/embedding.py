@@ -19,7 +19,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.model_selection import LeaveOneOut, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier
 
-from fewcells.atomic import write_csv
+from fewcells.atomic import write_csv, write_png
 from fewcells.errors import FewcellsError
 
 log = logging.getLogger(__name__)
@@ -136,5 +136,5 @@ def tsne_fold(
     write_csv(coordinates, out_dir / "tsne_coordinates.csv")
     write_csv(table, out_dir / "separation.csv")
     for name, figure in figures.items():
-        plots_explain.save_png(figure, out_dir / name, dpi)
+        write_png(figure, out_dir / name, dpi)
     return table

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 from scipy.optimize import OptimizeWarning, curve_fit
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score, roc_curve
 
 from fewcells import plots
-from fewcells.atomic import atomic_path, write_csv, write_json, write_text
+from fewcells.atomic import write_csv, write_json, write_png, write_text
 from fewcells.errors import FewcellsError
+from fewcells.metric_names import BINARY_METRICS, MAIN_METRIC, MULTICLASS_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +43,6 @@ PAPER_REFERENCE_TASK = {
 # Training-set size at which the paper saw the score saturate ("at about n = 30").
 PAPER_SATURATION_N = {"all_binary": 30}
 
-MAIN_METRIC = {"binary": "roc_auc", "multiclass": "macro_f1"}
-BINARY_METRICS = [
-    "roc_auc",
-    "sensitivity",
-    "specificity",
-    "youden_threshold",
-    "youden_sensitivity",
-    "youden_specificity",
-    "accuracy",
-    "f1",
-]
-MULTICLASS_METRICS = ["macro_f1", "accuracy", "balanced_accuracy"]
 LEARNING_CURVE_MODEL = "score(n) = a - (a - b) * exp(-n / tau)"
 
 PREDICTION_COLUMNS = ["fold", "size", "image_id", "target", "split"]
@@ -711,11 +699,6 @@ def _plot_options(plot_options: dict | None, sizes: Sequence[int]) -> dict:
     return options
 
 
-def _save_figure(figure: Figure, target: Path, dpi: int) -> None:
-    with atomic_path(target) as tmp:
-        figure.savefig(tmp, format="png", dpi=dpi)
-
-
 def evaluate_experiment(
     prediction_files: Sequence[str | os.PathLike],
     history_files: Sequence[str | os.PathLike],
@@ -819,4 +802,4 @@ def evaluate_experiment(
     write_json(fit_parameters, out_dir / "learning_curve_fit.json")
     write_text(summary_markdown(summary, curve_fit, experiment, reference), out_dir / "summary.md")
     for name, figure in figures.items():
-        _save_figure(figure, out_dir / name, options["dpi"])
+        write_png(figure, out_dir / name, options["dpi"])

@@ -31,7 +31,7 @@ from zennit.composites import (
 from zennit.rules import Epsilon
 from zennit.types import Convolution
 
-from fewcells.atomic import write_csv
+from fewcells.atomic import write_csv, write_png
 from fewcells.errors import FewcellsError
 from fewcells.model import to_model_input
 
@@ -413,5 +413,5 @@ def explain_fold(
     write_csv(summary, out_dir / "relevance_summary.csv")
     write_csv(mask_table(list(test["image_id"]), masks), out_dir / "masks.csv")
     for name, figure in figures.items():
-        plots_explain.save_png(figure, out_dir / name, dpi)
+        write_png(figure, out_dir / name, dpi)
     return summary

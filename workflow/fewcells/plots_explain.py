@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -12,8 +11,6 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-
-from fewcells.atomic import atomic_path
 
 MASK_COLOURS = {"auto": "yellow", "expert": "lime"}
 REGION_COLOURS = {"nucleus": "tab:purple", "cell": "tab:blue"}
@@ -30,12 +27,6 @@ class Example:
     image: np.ndarray
     masks: Mapping[str, np.ndarray]
     maps: Mapping[int, tuple[np.ndarray, np.ndarray, str]]
-
-
-def save_png(figure: Figure, target: str | os.PathLike, dpi: int) -> None:
-    """Write a figure as PNG, atomically."""
-    with atomic_path(target) as tmp:
-        figure.savefig(tmp, format="png", dpi=dpi)
 
 
 def _robust_max(values: np.ndarray) -> float:

@@ -5,6 +5,7 @@ from snakemake.exceptions import WorkflowError
 
 from fewcells.config import (
     compare_metric,
+    experiment_task,
     explain_folds,
     explain_sizes,
     fold_ids,
@@ -29,8 +30,7 @@ TRAINING_CODE = [str(PACKAGE / name) for name in ("model.py", "augment.py", "tra
 
 
 def is_binary(experiment):
-    classes = CONFIG["experiments"][experiment].get("classes")
-    return classes is not None and len(classes) == 2
+    return experiment_task(CONFIG["experiments"][experiment]) == "binary"
 
 
 COMPARISONS = {entry["name"]: entry for entry in CONFIG["compare"]}
