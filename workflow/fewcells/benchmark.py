@@ -35,7 +35,7 @@ from PIL import Image
 
 from fewcells.augment import BatchAugment
 from fewcells.errors import FewcellsError
-from fewcells.folds import assign_folds
+from fewcells.folds import assign_folds, training_set
 from fewcells.model import build_model, to_model_input
 from fewcells.train import EVAL_BATCH_SIZE, OPTIMIZERS, run_training, train_config
 
@@ -87,11 +87,10 @@ def plain_loop(
     torch.manual_seed(0)
     images = torch.from_numpy(np.load(root / "store" / "images.npy"))
     folds = pd.read_csv(root / "folds" / "folds.csv")
-    folds = folds[folds["fold"] == fold]
     index = pd.read_csv(root / "store" / "index.csv")
     rows = dict(zip(index["image_id"], index["row"], strict=True))
-    train = folds[(folds["role"] == "pool") & (folds["rank"] < size)]
-    val = folds[folds["role"] == "val"]
+    train = training_set(folds, fold, size)
+    val = folds[(folds["fold"] == fold) & (folds["role"] == "val")]
     train_x, val_x = (images[[rows[i] for i in part["image_id"]]] for part in (train, val))
     train_y, val_y = (torch.tensor(part["target"].to_numpy()) for part in (train, val))
     cfg = train_config({})
