@@ -86,37 +86,64 @@ class BatchAugment(nn.Module):
         self.brightness = brightness
         self.contrast = contrast
 
-    def forward(
-        self, images: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """Augment uint8 (0-255) or float ([0, 1]) images; returns float in [0, 1]."""
-        x = images.float().div(255.0) if images.dtype == torch.uint8 else images
-        n, device = len(x), x.device
+    def sample(
+        self,
+        n: int,
+        shape: tuple[int, ...],
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> dict[str, torch.Tensor]:
+        """The random draws for `n` images of `shape` (C, H, W), in the order forward uses."""
+        draws: dict[str, torch.Tensor] = {}
         if self.flips:
-            flip_h = _uniform(n, 0.0, 1.0, generator, device) < 0.5
-            flip_v = _uniform(n, 0.0, 1.0, generator, device) < 0.5
+            draws["flip_h"] = _uniform(n, 0.0, 1.0, generator, device) < 0.5
+            draws["flip_v"] = _uniform(n, 0.0, 1.0, generator, device) < 0.5
         if self.rotation:
-            matrix = _rotation_matrix(_uniform(n, 0.0, 360.0, generator, device))
+            draws["degrees"] = _uniform(n, 0.0, 360.0, generator, device)
+        if self.brightness > 0:
+            draws["brightness"] = _uniform(
+                n, 1.0 - self.brightness, 1.0 + self.brightness, generator, device
+            )
+        if self.contrast > 0:
+            draws["contrast"] = _uniform(
+                n, 1.0 - self.contrast, 1.0 + self.contrast, generator, device
+            )
+        if self.noise_std > 0:
+            source = generator.device if generator is not None else device
+            draws["noise"] = torch.randn((n, *shape), generator=generator, device=source).to(device)
+        return draws
+
+    def apply(self, images: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Augment uint8 (0-255) or float ([0, 1]) images with `draws` from sample()."""
+        x = images.float().div(255.0) if images.dtype == torch.uint8 else images
+        if self.rotation:
+            matrix = _rotation_matrix(draws["degrees"])
             if self.flips:
                 # Flip then rotate in one resampling: read the rotated position, mirrored.
-                signs = torch.stack((flip_h, flip_v), -1).to(matrix.dtype) * -2 + 1
+                signs = (
+                    torch.stack((draws["flip_h"], draws["flip_v"]), -1).to(matrix.dtype) * -2 + 1
+                )
                 matrix = signs[:, :, None] * matrix
             x = _resample(x, matrix)
         elif self.flips:
             x = x.contiguous()  # torch.where is slow on channels-last strided views
-            x = torch.where(flip_h[:, None, None, None], x.flip(-1), x)
-            x = torch.where(flip_v[:, None, None, None], x.flip(-2), x)
+            x = torch.where(draws["flip_h"][:, None, None, None], x.flip(-1), x)
+            x = torch.where(draws["flip_v"][:, None, None, None], x.flip(-2), x)
         if self.brightness > 0:
-            factor = _uniform(n, 1.0 - self.brightness, 1.0 + self.brightness, generator, device)
-            x = x * factor[:, None, None, None]
+            x = x * draws["brightness"][:, None, None, None]
         if self.contrast > 0:
-            factor = _uniform(n, 1.0 - self.contrast, 1.0 + self.contrast, generator, device)
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
-            x = (x - mean) * factor[:, None, None, None] + mean
+            x = (x - mean) * draws["contrast"][:, None, None, None] + mean
         if self.noise_std > 0:
-            source = generator.device if generator is not None else device
-            noise = torch.randn(x.shape, generator=generator, device=source).to(device)
-            x = x + self.noise_std * noise
+            x = x + self.noise_std * draws["noise"]
         if self.brightness > 0 or self.contrast > 0 or self.noise_std > 0:
             x = x.clamp(0.0, 1.0)
         return x
+
+    def forward(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Augment uint8 (0-255) or float ([0, 1]) images; returns float in [0, 1]."""
+        return self.apply(
+            images, self.sample(len(images), images.shape[1:], generator, images.device)
+        )

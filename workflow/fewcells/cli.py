@@ -21,6 +21,15 @@ def _json(text: str) -> object:
         raise argparse.ArgumentTypeError(f"not valid JSON: {error}") from error
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of integers: {text!r}"
+        ) from None
+
+
 def cmd_demo(args) -> None:
     from fewcells.demo import generate_demo
 
@@ -149,6 +158,24 @@ def cmd_train(args) -> None:
         progress=args.progress,
     )
     print(f"train: fold {args.fold} size {args.size}: {json.dumps(info)}", file=sys.stderr)
+
+
+def cmd_train_stacked(args) -> None:
+    from fewcells.stacked import run_stacked_training
+
+    infos = run_stacked_training(
+        args.store,
+        args.folds / "folds.csv",
+        args.folds / "classes.json",
+        args.fold_ids,
+        args.size,
+        args.train_config,
+        args.model_config,
+        args.out,
+        image_size=args.image_size,
+    )
+    epochs = ", ".join(f"fold {i['fold']}: {i['epochs_run']}" for i in infos)
+    print(f"train-stacked: size {args.size}, epochs {epochs}", file=sys.stderr)
 
 
 def cmd_evaluate(args) -> None:
@@ -310,6 +337,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action="store_true")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "train-stacked", help="train one training size for several folds at once (one model)"
+    )
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--folds", type=Path, required=True, help="folder with folds.csv, classes.json")
+    p.add_argument("--fold-ids", type=_int_list, required=True, help="comma-separated folds")
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--image-size", type=int, required=True)
+    p.add_argument("--train-config", type=_json, default={})
+    p.add_argument("--model-config", type=_json, default={"name": "paper_cnn"})
+    p.add_argument("--out", type=Path, required=True, help="the size's folder: OUT/fold{k}/")
+    p.set_defaults(func=cmd_train_stacked)
 
     p = sub.add_parser("evaluate", help="metrics, summary and figures of a training-size sweep")
     p.add_argument("train_dirs", type=Path, nargs="+")

@@ -83,6 +83,8 @@ def validate_config(config: dict) -> dict:
         _check_subset(
             f"{key}.tsne.fold", None if tsne_fold is None else [tsne_fold], fold_ids(experiment)
         )
+        if experiment["train"]["engine"] == "stacked":
+            _check_stacked(key, experiment)
         dataset = config["datasets"][experiment["dataset"]]
         if dataset["kind"] == "demo":
             _check_demo_sizes(key, experiment, dataset)
@@ -95,6 +97,26 @@ def validate_config(config: dict) -> dict:
         )
     _check_compare(config)
     return config
+
+
+STACKED_MODELS = ("paper_cnn",)  # networks without BatchNorm buffers
+
+
+def _check_stacked(key: str, experiment: dict) -> None:
+    """train.engine stacked: a network without BatchNorm, 32-bit, no class balancing."""
+    train = experiment["train"]
+    if experiment["model"]["name"] not in STACKED_MODELS:
+        raise FewcellsError(
+            f"config key {key}.train.engine: 'stacked' trains {', '.join(STACKED_MODELS)} only "
+            f"(model.name is {experiment['model']['name']!r}, which has BatchNorm); use 'per_fold'"
+        )
+    if train["precision"] != "32-true":
+        raise FewcellsError(f"config key {key}.train.engine: 'stacked' needs precision '32-true'")
+    if train["balance_to"] is not None:
+        raise FewcellsError(
+            f"config key {key}.train.engine: 'stacked' needs equal training sets in every fold; "
+            "balance_to makes them differ - use 'per_fold'"
+        )
 
 
 FOLD_KEYS_THAT_MAY_DIFFER = ("sizes", "run_folds")

@@ -26,7 +26,9 @@ DATASETS = f"{RESULTS}/datasets"
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 PACKAGE = Path(workflow.basedir) / "workflow" / "fewcells"
-TRAINING_CODE = [str(PACKAGE / name) for name in ("model.py", "augment.py", "train.py")]
+TRAINING_CODE = [
+    str(PACKAGE / name) for name in ("model.py", "augment.py", "train.py", "stacked.py")
+]
 
 
 def is_binary(experiment):
@@ -44,6 +46,35 @@ wildcard_constraints:
     size=r"\d+",
     fold=r"\d+",
     comparison=r"[A-Za-z0-9_-]+",
+
+
+def uses_stacked_engine(experiment):
+    return CONFIG["experiments"][experiment]["train"]["engine"] == "stacked"
+
+
+STACKED_EXPERIMENTS = [e for e in CONFIG["experiments"] if uses_stacked_engine(e)]
+# Wildcard patterns: the experiments trained fold by fold (rule train), or none.
+PER_FOLD_EXPERIMENTS = (
+    "|".join(e for e in CONFIG["experiments"] if not uses_stacked_engine(e))
+    or "__none__"
+)
+
+
+def stacked_outputs(experiment):
+    """Rule train_stacked_EXPERIMENT's outputs: each fold's files for the size wildcard."""
+    folds = fold_ids(CONFIG["experiments"][experiment])
+    root = f"{RESULTS}/{experiment}/train/n{{size}}"
+    names = {
+        "model": "model.ckpt",
+        "history": "history.csv",
+        "predictions": "predictions.csv",
+        "embeddings": "embeddings.npz",
+        "info": "train_info.json",
+    }
+    return {
+        key: [f"{root}/fold{fold}/{name}" for fold in folds]
+        for key, name in names.items()
+    }
 
 
 def experiment_config(wildcards):

@@ -1,0 +1,157 @@
+"""The fold-stacked engine gives the per-fold engine's results, fold by fold."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_train import IMAGE_SIZE, MODEL_CFG, make_store
+
+from fewcells.errors import FewcellsError
+from fewcells.model import build_model
+from fewcells.stacked import FoldStackState, StackedNetworks, run_stacked_training
+from fewcells.train import CellClassifier, run_training
+
+# RMSprop as in the paper, with rotation and flips: every part of the protocol is exercised.
+PARITY_CFG = {"optimizer": "rmsprop", "lr": 1e-3, "max_epochs": 4, "patience": 2}
+OUTPUTS = ("model.ckpt", "history.csv", "predictions.csv", "embeddings.npz", "train_info.json")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("data"), n_folds=3)
+
+
+@pytest.fixture(scope="module")
+def both_engines(dataset, tmp_path_factory):
+    """Size 8 on folds 0-2, trained by the per-fold engine and by the stacked engine."""
+    root = tmp_path_factory.mktemp("engines")
+    per_fold = [
+        run_training(
+            *dataset,
+            fold,
+            8,
+            PARITY_CFG,
+            MODEL_CFG,
+            root / f"per_fold/fold{fold}",
+            image_size=IMAGE_SIZE,
+        )
+        for fold in range(3)
+    ]
+    stacked = run_stacked_training(
+        *dataset, [0, 1, 2], 8, PARITY_CFG, MODEL_CFG, root / "stacked", image_size=IMAGE_SIZE
+    )
+    return root, per_fold, stacked
+
+
+def networks(n: int) -> list[torch.nn.Module]:
+    result = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        result.append(build_model(MODEL_CFG, 2, IMAGE_SIZE))
+    return result
+
+
+def test_stacked_forward_and_gradients_match_each_network():
+    nets = networks(3)
+    stacked = StackedNetworks(nets)
+    x = torch.rand(3, 4, 3, IMAGE_SIZE, IMAGE_SIZE)
+    out = stacked(x)
+    out.square().sum().backward()
+    for k, net in enumerate(nets):
+        reference = net(x[k])
+        torch.testing.assert_close(out[k], reference, rtol=1e-5, atol=1e-6)
+        reference.square().sum().backward()
+        for name, param in zip(stacked.names, stacked.stacked, strict=True):
+            torch.testing.assert_close(
+                param.grad[k], net.get_parameter(name).grad, rtol=1e-4, atol=1e-7
+            )
+
+
+def test_stacked_networks_refuse_batchnorm():
+    resnets = [build_model({"name": "resnet18"}, 2, 64) for _ in range(2)]
+    with pytest.raises(FewcellsError, match="engine.*per_fold"):
+        StackedNetworks(resnets)
+
+
+def test_early_stopping_bookkeeping_per_network():
+    stacked = StackedNetworks(networks(2))
+    state = FoldStackState(stacked, patience=2)
+    losses = [(1.0, 1.0), (0.5, 2.0), (0.6, 2.0), (0.4, 0.1), (0.3, 0.1)]
+    for epoch, loss in enumerate(losses, start=1):
+        with torch.no_grad():
+            for param in stacked.stacked:
+                param.fill_(epoch)
+        state.update(stacked, epoch, torch.tensor(loss))
+    # Network 0 improves at epochs 1, 2, 4, 5; network 1 only at 1, then stops after epoch 3.
+    assert state.best_epoch.tolist() == [5, 1]
+    assert state.stop_epoch.tolist() == [5, 3]
+    assert state.active.tolist() == [True, False]
+    assert [float(best[0].flatten()[0]) for best in state.best_params] == [5.0] * len(
+        state.best_params
+    )
+    assert [float(best[1].flatten()[0]) for best in state.best_params] == [1.0] * len(
+        state.best_params
+    )
+
+
+def test_stacked_engine_writes_the_per_fold_outputs(both_engines):
+    root, _, stacked = both_engines
+    for fold in range(3):
+        assert sorted(p.name for p in (root / f"stacked/fold{fold}").iterdir()) == sorted(OUTPUTS)
+        info = json.loads((root / f"stacked/fold{fold}/train_info.json").read_text())
+        assert info["engine"] == "stacked" and info["fold"] == fold and info["size"] == 8
+    assert [info["fold"] for info in stacked] == [0, 1, 2]
+
+
+def test_stacked_engine_matches_the_per_fold_engine(both_engines):
+    """Same initial weights, batches and augmentation draws: the same training, fold by fold,
+    up to the summation order of the vectorised convolutions."""
+    root, per_fold, stacked = both_engines
+    for fold, (one, many) in enumerate(zip(per_fold, stacked, strict=True)):
+        assert (one["epochs_run"], one["best_epoch"]) == (many["epochs_run"], many["best_epoch"])
+        assert many["best_val_loss"] == pytest.approx(one["best_val_loss"], rel=1e-3, abs=1e-4)
+        a = pd.read_csv(root / f"per_fold/fold{fold}/history.csv")
+        b = pd.read_csv(root / f"stacked/fold{fold}/history.csv")
+        pd.testing.assert_frame_equal(a, b, rtol=1e-3, atol=1e-4)
+        a = pd.read_csv(root / f"per_fold/fold{fold}/predictions.csv")
+        b = pd.read_csv(root / f"stacked/fold{fold}/predictions.csv")
+        pd.testing.assert_frame_equal(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_stacked_checkpoint_reloads_as_a_classifier(both_engines, dataset):
+    root, _, _ = both_engines
+    module = CellClassifier.from_checkpoint(root / "stacked/fold1/model.ckpt")
+    embeddings = np.load(root / "stacked/fold1/embeddings.npz")
+    images = np.load(dataset[0] / "images.npy")
+    index = pd.read_csv(dataset[0] / "index.csv").set_index("image_id")["row"]
+    rows = index.loc[embeddings["image_id"][:5]].to_numpy()
+    with torch.no_grad():
+        x = torch.from_numpy(images[rows]).permute(0, 3, 1, 2).float() / 255
+        embedding = module.model.embed(x)
+    np.testing.assert_allclose(embedding.numpy(), embeddings["embedding"][:5], rtol=1e-4, atol=1e-5)
+
+
+def test_stacked_engine_refuses_uneven_training_sets(dataset, tmp_path):
+    """balance_to pads fold 1 (6 + 2 images) to 12 but fold 0 (4 + 4) to 8."""
+    store, folds_csv, classes = dataset
+    folds = pd.read_csv(folds_csv)
+    pool = (folds["fold"] == 1) & (folds["role"] == "pool")
+    folds.loc[pool, "target"] = np.where(folds.loc[pool, "rank"] < 6, 0, 1)
+    uneven = tmp_path / "folds.csv"
+    folds.to_csv(uneven, index=False)
+    train_cfg = {**PARITY_CFG, "balance_to": 2, "max_epochs": 1}
+    with pytest.raises(FewcellsError, match="same number of train images"):
+        run_stacked_training(
+            store,
+            uneven,
+            classes,
+            [0, 1],
+            8,
+            train_cfg,
+            MODEL_CFG,
+            tmp_path / "out",
+            image_size=IMAGE_SIZE,
+        )
+    assert not (tmp_path / "out").exists()
