@@ -93,7 +93,7 @@ def test_bad_values_name_the_key(edit, key):
     assert f"config key {key}" in str(error.value)
 
 
-@pytest.mark.parametrize("name", ["datasets", "comparisons", "logs"])
+@pytest.mark.parametrize("name", ["datasets", "comparisons", "logs", "pretrained"])
 def test_experiment_named_like_a_results_folder_is_refused(name):
     config = copy.deepcopy(DEMO)
     config["experiments"][name] = config["experiments"].pop("demo_binary")
