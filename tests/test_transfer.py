@@ -339,3 +339,17 @@ def test_the_phases_need_no_pretrained_network_to_be_chosen():
     module.set_phase(None)
     assert [p.requires_grad for p in module.model.parameters()] == built
     assert not all(built) and np.sum(built) == len(built) - 4
+
+
+def test_evaluation_keeps_the_phase_column(tmp_path):
+    from fewcells.evaluate import read_histories
+
+    row = {"fold": 0, "size": 6, "train_loss": 0.5, "val_loss": 0.6, "val_accuracy": 0.5}
+    plain = pd.DataFrame([{**row, "epoch": e, "lr": 1e-3} for e in (1, 2)])
+    tuned = plain.assign(fold=1, phase=["head", "finetune"])
+    plain.to_csv(tmp_path / "a.csv", index=False)
+    tuned.to_csv(tmp_path / "b.csv", index=False)
+    history = read_histories([tmp_path / "a.csv", tmp_path / "b.csv"])
+    assert history["phase"].tolist()[2:] == ["head", "finetune"]
+    assert history["phase"].iloc[:2].isna().all()
+    assert "phase" not in read_histories([tmp_path / "a.csv"])
