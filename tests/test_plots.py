@@ -67,6 +67,10 @@ def test_loss_curves_marks_best_epoch_per_fold():
     best_markers = [line for line in axes[0].lines if line.get_marker() == "o"]
     assert sorted(m.get_xdata()[0] for m in best_markers) == [2, 3, 4]  # argmin of val loss
     assert len(plots.loss_curves(history, [20]).axes) == 1
+    # fine-tuned: the checkpoint is the best epoch of the last phase, not of the head phase
+    tuned = history.assign(phase=np.where(history["epoch"] < 4, "head", "finetune"))
+    markers = [line for line in plots.loss_curves(tuned).axes[0].lines if line.get_marker() == "o"]
+    assert sorted(m.get_xdata()[0] for m in markers) == [4, 4, 4]
 
 
 def test_roc_curves_legend_has_auc(predictions):

@@ -1,13 +1,17 @@
 """The fold-stacked engine gives the per-fold engine's results, fold by fold."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
+from snakemake.utils import update_config
 from test_train import IMAGE_SIZE, MODEL_CFG, make_store
 
+from fewcells.config import validate_config
 from fewcells.errors import FewcellsError
 from fewcells.model import build_model
 from fewcells.stacked import FoldStackState, StackedNetworks, run_stacked_training
@@ -161,3 +165,19 @@ def test_stacked_engine_refuses_uneven_training_sets(dataset, tmp_path):
             image_size=IMAGE_SIZE,
         )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": {"name": "resnet18"}}, "BatchNorm"),
+        ({"train": {"engine": "stacked", "balance_to": 150}}, "balance_to"),
+        ({"train": {"engine": "stacked", "precision": "bf16-mixed"}}, "32-true"),
+    ],
+)
+def test_config_refuses_what_the_stacked_engine_cannot_train(change, message):
+    config = yaml.safe_load((Path(__file__).parents[1] / "config/config.yaml").read_text())
+    update_config(config, {"experiments": {"demo_binary": {"train": {"engine": "stacked"}}}})
+    update_config(config, {"experiments": {"demo_binary": change}})
+    with pytest.raises(FewcellsError, match=rf"demo_binary\.train\.engine.*{message}"):
+        validate_config(config)

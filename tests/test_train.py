@@ -33,7 +33,12 @@ LEARN_CFG = {
 
 
 def make_store(
-    root: Path, n_per_class: int = 20, n_folds: int = 2, n_test: int = 4, n_val: int = 4
+    root: Path,
+    n_per_class: int = 20,
+    n_folds: int = 2,
+    n_test: int = 4,
+    n_val: int = 4,
+    image_size: int = IMAGE_SIZE,
 ):
     """A tensor store, folds CSV and CLASSES.json (see the data contracts) of dark vs bright
     noisy images: per fold, n_test + n_val images balanced by class, the rest a pool ranked
@@ -41,7 +46,7 @@ def make_store(
     rng = np.random.default_rng(0)
     targets = np.repeat([0, 1], n_per_class)
     level = np.where(targets == 1, 170, 70)[:, None, None, None]
-    noise = rng.normal(0, 20, (len(targets), IMAGE_SIZE, IMAGE_SIZE, 3))
+    noise = rng.normal(0, 20, (len(targets), image_size, image_size, 3))
     images = np.clip(level + noise, 0, 255).astype(np.uint8)
     store = root / "store"
     store.mkdir(parents=True)

@@ -178,6 +178,22 @@ def cmd_train_stacked(args) -> None:
     print(f"train-stacked: size {args.size}, epochs {epochs}", file=sys.stderr)
 
 
+def cmd_pretrain(args) -> None:
+    from fewcells.pretrain import run_pretraining
+
+    run_pretraining(
+        args.store,
+        args.classes,
+        args.train_config,
+        args.model_config,
+        args.out,
+        image_size=args.image_size,
+        val_fraction=args.val_fraction,
+        split_seed=args.seed,
+        progress=args.progress,
+    )
+
+
 def cmd_evaluate(args) -> None:
     from fewcells.evaluate import evaluate_experiment
 
@@ -350,6 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-config", type=_json, default={"name": "paper_cnn"})
     p.add_argument("--out", type=Path, required=True, help="the size's folder: OUT/fold{k}/")
     p.set_defaults(func=cmd_train_stacked)
+
+    p = sub.add_parser("pretrain", help="train one network on a source experiment's images")
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument(
+        "--classes", type=_json, default=None, help="the experiment's classes section (JSON)"
+    )
+    p.add_argument("--image-size", type=int, required=True)
+    p.add_argument("--train-config", type=_json, default={})
+    p.add_argument("--model-config", type=_json, default={"name": "paper_cnn"})
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="metrics, summary and figures of a training-size sweep")
     p.add_argument("train_dirs", type=Path, nargs="+")

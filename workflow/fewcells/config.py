@@ -14,7 +14,11 @@ from fewcells.metric_names import MAIN_METRIC, SCORES
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 TRAIN_RESOURCE_KEYS = ("mem_mb", "runtime", "gpus")
 # results/<name>/ folders the workflow writes besides the experiments' own.
-RESERVED_RESULT_FOLDERS = ("benchmarks", "comparisons", "datasets", "logs")
+RESERVED_RESULT_FOLDERS = ("benchmarks", "comparisons", "datasets", "logs", "pretrained")
+# Keys of an experiment's `pretrain` section that replace its `train` keys when pretraining.
+PRETRAIN_TRAIN_KEYS = ("optimizer", "lr", "batch_size", "max_epochs", "patience", "seed", "threads")
+# model keys a pretrained network and the network that starts from it share.
+PRETRAINED_MODEL_KEYS = ("name", "hidden", "keep_blocks")
 
 
 def load_schema() -> dict:
@@ -96,6 +100,7 @@ def validate_config(config: dict) -> dict:
             f"{sorted(config['experiments'])})"
         )
     _check_compare(config)
+    _check_transfer(config)
     return config
 
 
@@ -117,6 +122,52 @@ def _check_stacked(key: str, experiment: dict) -> None:
             f"config key {key}.train.engine: 'stacked' needs equal training sets in every fold; "
             "balance_to makes them differ - use 'per_fold'"
         )
+    if experiment["model"]["pretrained"] is not None or train["finetune"] is not None:
+        raise FewcellsError(
+            f"config key {key}.train.engine: 'stacked' trains from a fixed start without the "
+            "fine-tuning schedule (model.pretrained, train.finetune) - use 'per_fold'"
+        )
+
+
+def _check_transfer(config: dict) -> None:
+    """model.pretrained names a fitting source experiment; finetune has weights to start from."""
+    experiments = config["experiments"]
+    for name, experiment in experiments.items():
+        key = f"experiments.{name}"
+        model = experiment["model"]
+        source_name = model["pretrained"]
+        if experiment["train"]["finetune"] is not None and not (source_name or model["weights"]):
+            raise FewcellsError(
+                f"config key {key}.train.finetune: fine-tuning needs a network to start from "
+                "(model.pretrained or model.weights)"
+            )
+        if source_name is None:
+            continue
+        where = f"config key {key}.model.pretrained"
+        if source_name not in experiments:
+            raise FewcellsError(
+                f"{where}: unknown source experiment {source_name!r} "
+                f"(experiments: {sorted(experiments)})"
+            )
+        if source_name == name:
+            raise FewcellsError(f"{where}: an experiment cannot be pretrained on itself")
+        if model["weights"] is not None:
+            raise FewcellsError(f"{where}: give either model.pretrained or model.weights, not both")
+        source = experiments[source_name]
+        if source["model"]["pretrained"] is not None:
+            raise FewcellsError(
+                f"{where}: the source experiment {source_name!r} is itself pretrained "
+                f"(on {source['model']['pretrained']!r}); chains are not supported"
+            )
+        for what, value in [
+            *((f"model.{k}", lambda e, k=k: e["model"][k]) for k in PRETRAINED_MODEL_KEYS),
+            ("image.size", lambda e: e["image"]["size"]),
+        ]:
+            if value(experiment) != value(source):
+                raise FewcellsError(
+                    f"{where}: the source experiment {source_name!r} has {what} "
+                    f"{value(source)!r}, this experiment {value(experiment)!r}; they must match"
+                )
 
 
 FOLD_KEYS_THAT_MAY_DIFFER = ("sizes", "run_folds")
@@ -210,8 +261,37 @@ def _check_demo_sizes(key: str, experiment: dict, dataset: dict) -> None:
 
 
 def train_protocol(experiment: dict) -> dict:
-    """The `train` section without the scheduler resources (what the training code reads)."""
-    return {k: v for k, v in experiment["train"].items() if k not in TRAIN_RESOURCE_KEYS}
+    """The `train` section without the scheduler resources (what the training code reads);
+    `finetune` only where it is set."""
+    return {
+        k: v
+        for k, v in experiment["train"].items()
+        if k not in TRAIN_RESOURCE_KEYS and not (k == "finetune" and v is None)
+    }
+
+
+def pretrain_protocol(experiment: dict) -> dict:
+    """What the pretraining job of a source experiment reads: its train protocol without
+    finetune, with the `pretrain` section's optimizer, lr, batch size, epochs, patience,
+    seed and threads."""
+    protocol = {k: v for k, v in train_protocol(experiment).items() if k != "finetune"}
+    return protocol | {k: experiment["pretrain"][k] for k in PRETRAIN_TRAIN_KEYS}
+
+
+def pretrained_sources(config: dict, experiments: list[str]) -> list[str]:
+    """The source experiments that `experiments` are pretrained on (sorted, no repeats)."""
+    sources = {config["experiments"][name]["model"]["pretrained"] for name in experiments}
+    return sorted(sources - {None})
+
+
+def training_model(experiment: dict, pretrained_root: str) -> dict:
+    """The `model` section a training job reads: model.pretrained becomes model.weights =
+    PRETRAINED_ROOT/<source>/model.ckpt (and the key is dropped)."""
+    model = {k: v for k, v in experiment["model"].items() if k != "pretrained"}
+    source = experiment["model"].get("pretrained")
+    if source is not None:
+        model["weights"] = f"{pretrained_root}/{source}/model.ckpt"
+    return model
 
 
 def fold_ids(experiment: dict) -> list[int]:

@@ -661,7 +661,8 @@ def read_predictions(
 
 
 def read_histories(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """Concatenate history.csv files, checking each against the contract."""
+    """Concatenate history.csv files, checking each against the contract (the optional
+    `phase` column of fine-tuned trainings is kept)."""
     frames = []
     for path in map(Path, paths):
         frame = _read_csv(path, HISTORY_COLUMNS)
@@ -670,7 +671,7 @@ def read_histories(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
             raise FewcellsError(f"{path}: columns {numeric} must hold numbers")
         if frame["epoch"].isna().any():
             raise FewcellsError(f"{path}: 'epoch' has empty cells")
-        frames.append(frame[HISTORY_COLUMNS])
+        frames.append(frame[HISTORY_COLUMNS + (["phase"] if "phase" in frame else [])])
     if not frames:
         raise FewcellsError("no history.csv files given")
     return pd.concat(frames, ignore_index=True)

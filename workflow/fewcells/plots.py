@@ -52,7 +52,8 @@ def loss_curves(
     """Train and validation loss vs epoch, one panel per size (paper Fig. 3a).
 
     Thin lines: folds; thick lines: mean over the folds still training at that epoch;
-    dots: each fold's best epoch (lowest validation loss, the checkpoint that is tested).
+    dots: each fold's best epoch (lowest validation loss, the checkpoint that is tested; for
+    a fine-tuned training, with a `phase` column, the best epoch of its last phase).
     """
     sizes = spread_sizes(history["size"].unique()) if sizes is None else list(sizes)
     figure = Figure(figsize=(3.6 * len(sizes) + 0.8, 3.8), layout="constrained")
@@ -63,8 +64,12 @@ def loss_curves(
             run = run.sort_values("epoch")
             ax.plot(run["epoch"], run["train_loss"], color=TRAIN_COLOUR, lw=0.6, alpha=0.35)
             ax.plot(run["epoch"], run["val_loss"], color=VAL_COLOUR, lw=0.6, alpha=0.35)
-            if run["val_loss"].notna().any():
-                best = run.loc[run["val_loss"].idxmin()]
+            if "phase" in run and run["phase"].notna().any():
+                checkpointed = run[run["phase"] == run["phase"].dropna().iloc[-1]]
+            else:
+                checkpointed = run
+            if checkpointed["val_loss"].notna().any():
+                best = checkpointed.loc[checkpointed["val_loss"].idxmin()]
                 ax.plot(
                     best["epoch"],
                     best["val_loss"],

@@ -4,6 +4,11 @@
 network (augmentation happens on the batch, on the device), and `run_training` trains with
 early stopping on validation loss, then writes the job's outputs (see the data contracts):
 model.ckpt, history.csv, predictions.csv, embeddings.npz and train_info.json.
+
+With `train.finetune` (a network that starts from pretrained weights) training has two
+phases: `fit_head` trains only the classifier head for a fixed number of epochs, then
+`fit_best` trains every layer except the BatchNorm layers (kept frozen, in eval mode) with
+the normal protocol; history.csv then has a `phase` column (head, finetune).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from fewcells.atomic import atomic_path
@@ -45,6 +51,7 @@ DEFAULT_TRAIN_CONFIG: dict = {
     "accelerator": "auto",
     "precision": "32-true",
     "balance_to": None,
+    "finetune": None,
     "augment": {
         "flips": True,
         "rotation": True,
@@ -63,6 +70,9 @@ OPTIMIZERS: dict[str, Callable[[Iterable[torch.nn.Parameter], dict], torch.optim
 FOLD_COLUMNS = ("fold", "image_id", "label", "target", "class_name", "role", "rank")
 INDEX_COLUMNS = ("row", "image_id", "label")
 HISTORY_COLUMNS = ("fold", "size", "epoch", "train_loss", "val_loss", "val_accuracy", "lr")
+DEFAULT_FINETUNE: dict = {"head_epochs": 10, "head_lr": 0.01, "freeze_batchnorm": True}
+HEAD_PHASE, FINETUNE_PHASE = "head", "finetune"
+BATCHNORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
 EVAL_BATCH_SIZE = 64  # validation/test/predict batches: no augmentation, no batch statistics
 PROGRESS_EVERY_EPOCHS = 10
 
@@ -72,6 +82,8 @@ def train_config(train_cfg: dict | None) -> dict:
     train_cfg = train_cfg or {}
     merged = {**DEFAULT_TRAIN_CONFIG, **train_cfg}
     merged["augment"] = {**DEFAULT_TRAIN_CONFIG["augment"], **(train_cfg.get("augment") or {})}
+    if merged["finetune"] is not None:
+        merged["finetune"] = {**DEFAULT_FINETUNE, **merged["finetune"]}
     if merged["optimizer"] not in OPTIMIZERS:
         raise FewcellsError(
             f"train.optimizer: unknown optimizer {merged['optimizer']!r}; "
@@ -310,6 +322,49 @@ class CellClassifier(L.LightningModule):
             contrast=augment["contrast"],
         )
         self._augment_generator: torch.Generator | None = None
+        # requires_grad as built (model.freeze): what the fine-tuning phase goes back to.
+        self._built_trainable = {n: p.requires_grad for n, p in self.model.named_parameters()}
+        self._eval_modules: list[nn.Module] = []
+        self.phase: str | None = None
+        self.phase_lr: float | None = None
+
+    def set_phase(
+        self, phase: str | None, *, lr: float | None = None, freeze_batchnorm: bool = True
+    ) -> None:
+        """Choose what trains, for transfer learning (None: everything as built).
+
+        "head": only the classifier head; every other layer is frozen and kept in eval mode.
+        "finetune": every layer as built (model.freeze still applies), but, with
+        `freeze_batchnorm`, the BatchNorm layers' weights and running statistics are frozen
+        and the layers kept in eval mode. `lr` replaces train.lr for this phase.
+        """
+        if phase not in (None, HEAD_PHASE, FINETUNE_PHASE):
+            raise ValueError(f"unknown training phase {phase!r}")
+        self.phase, self.phase_lr = phase, lr
+        batchnorm = [m for m in self.model.modules() if isinstance(m, BATCHNORM_TYPES)]
+        if phase == HEAD_PHASE:
+            self._eval_modules = [
+                module for name, module in self.model.named_children() if name != "classifier"
+            ]
+        elif phase == FINETUNE_PHASE and freeze_batchnorm:
+            self._eval_modules = batchnorm
+        else:
+            self._eval_modules = []
+        frozen = {id(p) for m in self._eval_modules for p in m.parameters()}
+        for name, parameter in self.model.named_parameters():
+            parameter.requires_grad_(self._built_trainable[name] and id(parameter) not in frozen)
+        self.train(self.training)
+
+    def frozen_batchnorm_layers(self) -> int:
+        """BatchNorm layers the current phase keeps frozen in eval mode."""
+        return sum(isinstance(m, BATCHNORM_TYPES) for m in self._eval_modules)
+
+    def train(self, mode: bool = True) -> CellClassifier:
+        """Set training mode, keeping the layers the current phase freezes in eval mode."""
+        super().train(mode)
+        for module in self._eval_modules:
+            module.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for float images (B, C, H, W) in [0, 1]."""
@@ -363,7 +418,9 @@ class CellClassifier(L.LightningModule):
         return cls.load_from_checkpoint(path, map_location=map_location, model_cfg=model_cfg)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return OPTIMIZERS[self.train_cfg["optimizer"]](self.parameters(), self.train_cfg)
+        cfg = self.train_cfg if self.phase_lr is None else {**self.train_cfg, "lr": self.phase_lr}
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        return OPTIMIZERS[self.train_cfg["optimizer"]](trainable, cfg)
 
 
 class EpochHistory(L.Callback):
@@ -375,6 +432,17 @@ class EpochHistory(L.Callback):
         self.every = every
         self.rows: list[dict] = []
         self._started = 0.0
+        self.phase: str | None = None
+        self._epoch_offset = 0
+
+    def start_phase(self, phase: str) -> None:
+        """Later rows belong to `phase` (a `phase` column); epochs go on counting."""
+        self.phase = phase
+        self._epoch_offset = len(self.rows)
+
+    def columns(self) -> list[str]:
+        """history.csv's columns: HISTORY_COLUMNS, plus `phase` once a phase was started."""
+        return [*HISTORY_COLUMNS, "phase"] if self.phase is not None else list(HISTORY_COLUMNS)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
@@ -384,12 +452,14 @@ class EpochHistory(L.Callback):
         row = {
             "fold": self.fold,
             "size": self.size,
-            "epoch": trainer.current_epoch + 1,
+            "epoch": trainer.current_epoch + 1 + self._epoch_offset,
             "train_loss": float(metrics["train_loss"]),
             "val_loss": float(metrics["val_loss"]),
             "val_accuracy": float(metrics["val_accuracy"]),
             "lr": trainer.optimizers[0].param_groups[0]["lr"],
         }
+        if self.phase is not None:
+            row["phase"] = self.phase
         self.rows.append(row)
         if row["epoch"] == 1 or row["epoch"] % self.every == 0:
             print(
@@ -397,14 +467,17 @@ class EpochHistory(L.Callback):
             )
 
     def best(self) -> dict:
-        """The first epoch with the lowest validation loss (the checkpointed one)."""
-        return min(self.rows, key=lambda row: row["val_loss"])
+        """The first epoch of the current phase with the lowest validation loss (the
+        checkpointed one)."""
+        rows = [row for row in self.rows if row.get("phase") == self.phase] or self.rows
+        return min(rows, key=lambda row: row["val_loss"])
 
     def describe(self) -> str:
         """One line: latest epoch's losses and the best validation loss so far."""
         last, best = self.rows[-1], self.best()
+        phase = f" ({self.phase})" if self.phase is not None else ""
         return (
-            f"fold {self.fold} size {self.size}: epoch {last['epoch']} "
+            f"fold {self.fold} size {self.size}{phase}: epoch {last['epoch']} "
             f"train_loss {last['train_loss']:.4f} val_loss {last['val_loss']:.4f} "
             f"val_accuracy {last['val_accuracy']:.3f} best val_loss {best['val_loss']:.4f} "
             f"at epoch {best['epoch']}"
@@ -426,6 +499,8 @@ def _lightning_session() -> Iterator[None]:
         warnings.filterwarnings(
             "ignore", message=".*module.s. in eval mode at the start of training.*"
         )
+        # The checkpoint goes into the job's own temporary folder, beside its other outputs.
+        warnings.filterwarnings("ignore", message=".*Checkpoint directory .* is not empty.*")
         for logger in loggers:
             logger.setLevel(logging.WARNING)
         try:
@@ -453,7 +528,7 @@ def _write_outputs(
     frame = data.fold_frame
     probabilities = torch.cat([batch["probabilities"] for batch in predictions]).cpu().numpy()
     embeddings = torch.cat([batch["embedding"] for batch in predictions]).cpu().numpy()
-    pd.DataFrame(history.rows, columns=HISTORY_COLUMNS).to_csv(tmp / "history.csv", index=False)
+    pd.DataFrame(history.rows, columns=history.columns()).to_csv(tmp / "history.csv", index=False)
     table = pd.DataFrame(
         {
             "fold": data.fold,
@@ -477,6 +552,118 @@ def _write_outputs(
     )
 
 
+def _trainer(cfg: dict, max_epochs: int, callbacks: list, root: Path, progress: bool, **kw):
+    return L.Trainer(
+        max_epochs=max_epochs,
+        accelerator=cfg["accelerator"],
+        devices=1,
+        precision=cfg["precision"],
+        deterministic=True,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=root,
+        **kw,
+    )
+
+
+def _trainable_parameters(module: CellClassifier) -> int:
+    return sum(p.numel() for p in module.model.parameters() if p.requires_grad)
+
+
+def fit_head(
+    module: CellClassifier,
+    data: CellDataModule,
+    cfg: dict,
+    history: EpochHistory,
+    root: Path,
+    *,
+    progress: bool = False,
+) -> dict:
+    """Transfer learning, phase 1: train only the head for finetune.head_epochs epochs at
+    finetune.head_lr (no early stopping, no checkpoint). Returns the phase's summary."""
+    finetune = cfg["finetune"]
+    module.set_phase(HEAD_PHASE, lr=finetune["head_lr"])
+    history.start_phase(HEAD_PHASE)
+    summary = {
+        "epochs": finetune["head_epochs"],
+        "lr": finetune["head_lr"],
+        "trainable_parameters": _trainable_parameters(module),
+        "seconds": 0.0,
+    }
+    if finetune["head_epochs"] > 0:
+        trainer = _trainer(
+            cfg, finetune["head_epochs"], [history], root, progress, enable_checkpointing=False
+        )
+        started = time.perf_counter()
+        trainer.fit(module, datamodule=data)
+        summary["seconds"] = time.perf_counter() - started
+        print(f"{history.describe()} (head phase in {summary['seconds']:.0f} s)", file=sys.stderr)
+    return summary
+
+
+def fit_best(
+    module: CellClassifier,
+    data: CellDataModule,
+    cfg: dict,
+    history: EpochHistory,
+    root: Path,
+    *,
+    progress: bool = False,
+) -> tuple[L.Trainer, ModelCheckpoint, float]:
+    """The normal protocol: at most max_epochs, early stopping on val_loss after `patience`
+    epochs without improvement, the best weights saved as ROOT/model.ckpt. Returns the
+    trainer, the checkpoint callback and the seconds of fitting."""
+    checkpoint = ModelCheckpoint(
+        dirpath=root,
+        filename="model",
+        monitor="val_loss",
+        mode="min",
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    early_stopping = EarlyStopping(monitor="val_loss", patience=cfg["patience"], mode="min")
+    trainer = _trainer(
+        cfg, cfg["max_epochs"], [history, checkpoint, early_stopping], root, progress
+    )
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    seconds = time.perf_counter() - started
+    print(f"{history.describe()} (finished in {seconds:.0f} s)", file=sys.stderr)
+    return trainer, checkpoint, seconds
+
+
+def fit_classifier(
+    module: CellClassifier,
+    data: CellDataModule,
+    cfg: dict,
+    history: EpochHistory,
+    root: Path,
+    *,
+    progress: bool = False,
+) -> tuple[L.Trainer, ModelCheckpoint, float, dict | None]:
+    """fit_best, preceded with train.finetune by the head-only phase, and run with the
+    BatchNorm layers frozen if finetune.freeze_batchnorm. Returns fit_best's trainer,
+    checkpoint, the seconds of both phases and (with finetune) a summary per phase."""
+    finetune = cfg["finetune"]
+    if finetune is None:
+        trainer, checkpoint, seconds = fit_best(module, data, cfg, history, root, progress=progress)
+        return trainer, checkpoint, seconds, None
+    head = fit_head(module, data, cfg, history, root, progress=progress)
+    module.set_phase(FINETUNE_PHASE, freeze_batchnorm=finetune["freeze_batchnorm"])
+    history.start_phase(FINETUNE_PHASE)
+    tuned = {
+        "lr": cfg["lr"],
+        "trainable_parameters": _trainable_parameters(module),
+        "frozen_batchnorm_layers": module.frozen_batchnorm_layers(),
+    }
+    trainer, checkpoint, seconds = fit_best(module, data, cfg, history, root, progress=progress)
+    tuned |= {"epochs": len(history.rows) - head["epochs"], "seconds": seconds}
+    return trainer, checkpoint, head["seconds"] + seconds, {HEAD_PHASE: head, FINETUNE_PHASE: tuned}
+
+
 def run_training(
     store_dir: str | os.PathLike,
     folds_csv: str | os.PathLike,
@@ -494,8 +681,9 @@ def run_training(
 
     The seed is train_cfg["seed"] + 1000 * fold + size. Training stops early when val_loss has
     not improved for `patience` epochs; the best-val-loss weights are kept (model.ckpt) and
-    used for predictions and embeddings. Everything is written in a temporary sibling renamed
-    onto `out_dir` at the end, so a failed or killed job leaves no `out_dir`. Returns the
+    used for predictions and embeddings. With train_cfg["finetune"] the head-only phase comes
+    first (see fit_classifier). Everything is written in a temporary sibling renamed onto
+    `out_dir` at the end, so a failed or killed job leaves no `out_dir`. Returns the
     train_info dict (also in train_info.json).
     """
     started = time.perf_counter()
@@ -519,36 +707,15 @@ def run_training(
             f"{folds_csv}: targets outside 0..{len(class_names) - 1} ({classes_json} lists "
             f"{len(class_names)} classes)"
         )
+    if model_cfg.get("weights") is not None:
+        print(f"starting from the weights in {model_cfg['weights']}", file=sys.stderr)
     with _lightning_session(), atomic_path(out_dir, directory=True) as tmp:
         L.seed_everything(seed, workers=True, verbose=False)
         module = CellClassifier(model_cfg, len(class_names), image_size, cfg, class_names, seed)
         history = EpochHistory(fold, size)
-        checkpoint = ModelCheckpoint(
-            dirpath=tmp,
-            filename="model",
-            monitor="val_loss",
-            mode="min",
-            save_top_k=1,
-            enable_version_counter=False,
+        trainer, checkpoint, fit_seconds, phases = fit_classifier(
+            module, data, cfg, history, tmp, progress=progress
         )
-        early_stopping = EarlyStopping(monitor="val_loss", patience=cfg["patience"], mode="min")
-        trainer = L.Trainer(
-            max_epochs=cfg["max_epochs"],
-            accelerator=cfg["accelerator"],
-            devices=1,
-            precision=cfg["precision"],
-            deterministic=True,
-            callbacks=[history, checkpoint, early_stopping],
-            logger=False,
-            enable_progress_bar=progress,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            default_root_dir=tmp,
-        )
-        fit_started = time.perf_counter()
-        trainer.fit(module, datamodule=data)
-        fit_seconds = time.perf_counter() - fit_started
-        print(f"{history.describe()} (finished in {fit_seconds:.0f} s)", file=sys.stderr)
         best_module = CellClassifier.from_checkpoint(checkpoint.best_model_path)
         predictions = trainer.predict(best_module, dataloaders=data.predict_dataloader())
         _write_outputs(tmp, data, predictions, class_names, history)
@@ -569,5 +736,7 @@ def run_training(
             "n_parameters": sum(p.numel() for p in module.model.parameters()),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
+        if phases is not None:
+            info |= {"weights": model_cfg.get("weights"), "phases": phases}
         (tmp / "train_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return info

@@ -9,7 +9,9 @@ from fewcells.config import (
     explain_folds,
     explain_sizes,
     fold_ids,
+    pretrain_protocol,
     train_protocol,
+    training_model,
     tsne_fold,
     tsne_sizes,
     validate_config,
@@ -25,10 +27,12 @@ RESULTS = CONFIG["results"]
 DATASETS = f"{RESULTS}/datasets"
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
+PRETRAINED = f"{RESULTS}/pretrained"
 PACKAGE = Path(workflow.basedir) / "workflow" / "fewcells"
 TRAINING_CODE = [
     str(PACKAGE / name) for name in ("model.py", "augment.py", "train.py", "stacked.py")
 ]
+PRETRAINING_CODE = TRAINING_CODE + [str(PACKAGE / "pretrain.py")]
 
 
 def is_binary(experiment):
@@ -91,6 +95,11 @@ def kept_csv(wildcards):
 
 def as_json(section):
     return json.dumps(section, sort_keys=True)
+
+
+def model_for_training(wildcards):
+    """The experiment's model section, model.pretrained resolved to its checkpoint."""
+    return training_model(experiment_config(wildcards), PRETRAINED)
 
 
 def train_dirs(experiment):

@@ -5,7 +5,7 @@ rule train:
         folds=f"{RESULTS}/{{experiment}}/folds/folds.csv",
         classes=f"{RESULTS}/{{experiment}}/folds/classes.json",
         code=TRAINING_CODE,
-        weights=lambda w: experiment_config(w)["model"]["weights"] or [],
+        weights=lambda w: model_for_training(w)["weights"] or [],
     output:
         model=f"{RESULTS}/{{experiment}}/train/n{{size}}/fold{{fold}}/model.ckpt",
         history=f"{RESULTS}/{{experiment}}/train/n{{size}}/fold{{fold}}/history.csv",
@@ -27,7 +27,7 @@ rule train:
         gpu=lambda w: CONFIG["experiments"][w.experiment]["train"]["gpus"],
     params:
         train=lambda w: as_json(train_protocol(experiment_config(w))),
-        model=lambda w: as_json(experiment_config(w)["model"]),
+        model=lambda w: as_json(model_for_training(w)),
         image_size=lambda w: experiment_config(w)["image"]["size"],
         store=lambda w: f"{RESULTS}/{w.experiment}/store",
         folds=lambda w: f"{RESULTS}/{w.experiment}/folds",
