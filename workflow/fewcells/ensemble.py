@@ -105,8 +105,8 @@ def model_summary(metrics: pd.DataFrame, task: str) -> pd.DataFrame:
         .assign(model=name)
         for name, group in metrics.groupby("model", sort=False)
     ]
-    table = pd.concat(frames, ignore_index=True)
-    return table[["model", *[c for c in table.columns if c != "model"]]]
+    table = pd.concat(frames, ignore_index=True).sort_values("size", kind="stable")
+    return table[["model", *[c for c in table.columns if c != "model"]]].reset_index(drop=True)
 
 
 def _scores(metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
