@@ -64,7 +64,7 @@ rule evaluate_merged:
         "../../envs/fewcells.yaml"
     params:
         train_dirs=lambda w: train_dirs(w.experiment),
-        groups=lambda w: as_json(experiment_config(w)["evaluate"]["merged"]),
+        groups=lambda w: json.dumps(experiment_config(w)["evaluate"]["merged"]),
         roc_sizes=roc_sizes_option,
         dpi=lambda w: experiment_config(w)["plots"]["dpi"],
         out=lambda w: f"{RESULTS}/{w.experiment}/evaluation/merged",
