@@ -147,3 +147,34 @@ def test_different_dataset_is_rejected():
 
     with pytest.raises(FewcellsError, match=r"compare\[0\]\.experiments.*dataset"):
         validate_config(_with_compare(tiny_binary_b=edit))
+
+
+def test_an_ensemble_entry_is_valid_and_defaults_to_off():
+    config = validate_config(_with_compare())
+    assert config["compare"][0]["ensemble"] is False
+    with_ensemble = _with_compare()
+    with_ensemble["compare"][0]["ensemble"] = True
+    assert validate_config(with_ensemble)["compare"][0]["ensemble"] is True
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c, e: e["folds"].update(seed=3), "differ in folds"),
+        (lambda c, e: e["folds"].update(test_size=4), "differ in folds"),
+        (lambda c, e: e["folds"].update(sizes=[7]), "share no trained (size, fold)"),
+        (
+            lambda c, e: (
+                e["folds"].update(run_folds=[1])
+                or c["experiments"]["tiny_binary"]["folds"].update(run_folds=[0])
+            ),
+            "share no trained (size, fold)",
+        ),
+    ],
+)
+def test_ensemble_of_experiments_on_different_folds_is_rejected(change, message):
+    config = _with_compare(tiny_binary_b=change)
+    config["compare"][0]["ensemble"] = True
+    with pytest.raises(FewcellsError, match=r"config key compare\[0\]") as error:
+        validate_config(config)
+    assert message in str(error.value)

@@ -100,3 +100,47 @@ def test_experiment_named_like_a_results_folder_is_refused(name):
     config["run"] = [name]
     with pytest.raises(FewcellsError, match=f"experiments.{name}: .*results folder"):
         validate_config(config)
+
+
+def _with_merged(groups: dict, classes: list[str] | None = None) -> dict:
+    config = copy.deepcopy(DEMO)
+    experiment = config["experiments"]["demo_multiclass"]
+    if classes:
+        experiment["classes"] = [{"name": name, "labels": [name]} for name in classes]
+    experiment["evaluate"] = {"merged": groups}
+    return config
+
+
+FIVE = ["blast", "lymphocyte", "neutrophil", "monocyte", "eosinophil"]
+
+
+def test_merged_groups_are_validated_against_the_classes():
+    config = validate_config(_with_merged({"blastish": ["blast", "monocyte"]}, FIVE))
+    merged = config["experiments"]["demo_multiclass"]["evaluate"]["merged"]
+    assert merged == {"blastish": ["blast", "monocyte"]}
+    assert validate_config(DEMO)["experiments"]["demo_binary"]["evaluate"] == {"merged": {}}
+    # without configured classes the names come from the data: checked by the evaluation
+    validate_config(_with_merged({"g": ["anything"]}))
+
+
+@pytest.mark.parametrize(
+    ("groups", "classes", "key", "message"),
+    [
+        ({"blast": ["blast", "myeloblast"]}, FIVE, "merged.blast", "unknown class(es) ['myel"),
+        ({"all": FIVE}, FIVE, "merged.all", "takes every class"),
+        ({"blast": []}, FIVE, "merged.blast", "should be non-empty"),
+        ({"bad name": ["blast"]}, FIVE, "merged", "does not match"),
+    ],
+)
+def test_bad_merged_groups_name_the_key(groups, classes, key, message):
+    with pytest.raises(FewcellsError) as error:
+        validate_config(_with_merged(groups, classes))
+    assert f"config key experiments.demo_multiclass.evaluate.{key}" in str(error.value)
+    assert message in str(error.value)
+
+
+def test_merged_groups_of_a_binary_experiment_are_refused():
+    config = copy.deepcopy(DEMO)
+    config["experiments"]["demo_binary"]["evaluate"] = {"merged": {"g": ["blast"]}}
+    with pytest.raises(FewcellsError, match=r"demo_binary\.evaluate\.merged: .*multiclass"):
+        validate_config(config)

@@ -15,6 +15,8 @@ from sklearn.metrics import (
     balanced_accuracy_score,
     confusion_matrix,
     f1_score,
+    precision_score,
+    recall_score,
     roc_auc_score,
 )
 
@@ -165,6 +167,46 @@ def test_multiclass_metrics_match_sklearn():
         assert row.macro_f1 == pytest.approx(f1_score(y_true, y_pred, average="macro"))
         assert row.accuracy == pytest.approx(accuracy_score(y_true, y_pred))
         assert row.balanced_accuracy == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+
+
+def test_classwise_precision_and_sensitivity_match_sklearn():
+    pred = make_predictions(MULTI, sizes=(10, 40), folds=3, strength=0.4)
+    # no test image predicted as a class -> its precision is undefined (NaN), not 0
+    pred.loc[pred["split"] == "test", "p_neutrophil"] = 0.0
+    per_fold = evaluate.classwise_metrics(pred, MULTI)
+    assert len(per_fold) == 2 * 3 * len(MULTI)
+    test = pred[pred["split"] == "test"]
+    labels = [0, 1, 2]
+    for (size, fold), rows in per_fold.groupby(["size", "fold"]):
+        job = test[(test["size"] == size) & (test["fold"] == fold)]
+        y_true = job["target"].to_numpy()
+        y_pred = job[[f"p_{c}" for c in MULTI]].to_numpy().argmax(axis=1)
+        kwargs = {"labels": labels, "average": None, "zero_division": np.nan}
+        np.testing.assert_allclose(rows["precision"], precision_score(y_true, y_pred, **kwargs))
+        np.testing.assert_allclose(rows["sensitivity"], recall_score(y_true, y_pred, **kwargs))
+        np.testing.assert_array_equal(rows["support"], np.bincount(y_true, minlength=3))
+        assert rows["class_name"].tolist() == MULTI
+    assert per_fold.loc[per_fold["class_name"] == "neutrophil", "precision"].isna().all()
+    summary = evaluate.classwise_summary(pred, MULTI)
+    for size, rows in summary.groupby("size"):
+        pooled = test[test["size"] == size]
+        y_true = pooled["target"].to_numpy()
+        y_pred = pooled[[f"p_{c}" for c in MULTI]].to_numpy().argmax(axis=1)
+        kwargs = {"labels": labels, "average": None, "zero_division": np.nan}
+        np.testing.assert_allclose(rows["precision"], precision_score(y_true, y_pred, **kwargs))
+        np.testing.assert_allclose(rows["sensitivity"], recall_score(y_true, y_pred, **kwargs))
+        folds = per_fold[per_fold["size"] == size].set_index("class_name")
+        lymphocyte = rows.set_index("class_name").loc["lymphocyte"]
+        assert lymphocyte["sensitivity_mean"] == pytest.approx(
+            folds.loc["lymphocyte", "sensitivity"].mean()
+        )
+        assert lymphocyte["sensitivity_sd"] == pytest.approx(
+            folds.loc["lymphocyte", "sensitivity"].std(ddof=1)
+        )
+        assert lymphocyte["support"] == (y_true == 0).sum()
+    assert (summary.loc[summary["class_name"] == "neutrophil", "precision_folds"] == 0).all()
+    lines = evaluate.classwise_markdown(summary, 40)
+    assert any(line.startswith("| neutrophil | – (–) | 0.00") for line in lines)
 
 
 def test_confusion_matrix_table_counts_and_percent():
@@ -388,6 +430,8 @@ def test_evaluate_experiment_multiclass_writes_every_file(tmp_path):
         "learning_curve_fit.json",
         "confusion_matrix.csv",
         "confusion_matrix_by_size.csv",
+        "classwise.csv",
+        "classwise_summary.csv",
         "loss_curves.png",
         "f1_boxplot.png",
         "learning_curve.png",
@@ -396,6 +440,8 @@ def test_evaluate_experiment_multiclass_writes_every_file(tmp_path):
     largest = pd.read_csv(out / "confusion_matrix.csv")
     assert set(largest["size"]) == {80} and len(largest) == 9
     assert set(pd.read_csv(out / "confusion_matrix_by_size.csv")["size"]) == {10, 20, 40, 80}
+    assert len(pd.read_csv(out / "classwise.csv")) == 4 * 5 * len(MULTI)
+    assert "Class-wise precision and sensitivity at n = 80" in (out / "summary.md").read_text()
 
 
 def _break_first(files, edit):

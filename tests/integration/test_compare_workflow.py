@@ -1,4 +1,5 @@
-"""A `compare` entry in the config plans one `compare` job after the two evaluations."""
+"""A `compare` entry in the config plans one `compare` job after the two evaluations (and one
+`ensemble` job with `ensemble: true`); merged classes plan one `evaluate_merged` job."""
 
 from __future__ import annotations
 
@@ -22,8 +23,17 @@ def test_compare_entry_plans_one_compare_job(tmp_path):
     config = yaml.safe_load(TINY.read_text())
     config["experiments"]["tiny_binary_b"] = copy.deepcopy(config["experiments"]["tiny_binary"])
     config["experiments"]["tiny_binary_b"]["model"] = {"name": "resnet18"}
-    config["run"] = ["tiny_binary", "tiny_binary_b"]
-    config["compare"] = [{"name": "cnn_vs_resnet", "experiments": ["tiny_binary", "tiny_binary_b"]}]
+    config["run"] = ["tiny_binary", "tiny_binary_b", "tiny_multiclass"]
+    config["compare"] = [
+        {
+            "name": "cnn_vs_resnet",
+            "experiments": ["tiny_binary", "tiny_binary_b"],
+            "ensemble": True,
+        }
+    ]
+    config["experiments"]["tiny_multiclass"]["evaluate"] = {
+        "merged": {"blast_or_monocyte": ["blast", "monocyte"]}
+    }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n"]
@@ -36,4 +46,6 @@ def test_compare_entry_plans_one_compare_job(tmp_path):
         if len(parts) == 2 and parts[1].isdigit()
     }
     assert counts["compare"] == 1
+    assert counts["ensemble"] == 1
     assert counts["evaluate_binary"] == 2
+    assert counts["evaluate_merged"] == 1

@@ -217,6 +217,35 @@ def cmd_compare(args) -> None:
     )
 
 
+def cmd_ensemble(args) -> None:
+    from fewcells.ensemble import ensemble_experiments
+
+    members = {}
+    for name, *files in args.member:
+        if name in members:
+            raise FewcellsError(f"--member {name} given twice")
+        if not files:
+            raise FewcellsError(f"--member {name}: give its predictions.csv files")
+        members[name] = files
+    ensemble_experiments(
+        members, args.classes, args.out, metric=args.metric, title=args.title, dpi=args.dpi
+    )
+
+
+def cmd_merged(args) -> None:
+    from fewcells.merged import evaluate_merged
+
+    evaluate_merged(
+        [d / "predictions.csv" for d in sorted(args.train_dirs)],
+        args.classes,
+        args.groups,
+        args.out,
+        experiment=args.experiment,
+        roc_sizes=args.roc_sizes,
+        dpi=args.dpi,
+    )
+
+
 def cmd_explain(args) -> None:
     import torch
 
@@ -398,6 +427,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dpi", type=int, default=150)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("ensemble", help="soft-voting ensemble of experiments on identical folds")
+    p.add_argument(
+        "--member",
+        nargs="+",
+        action="append",
+        required=True,
+        metavar=("NAME", "PREDICTIONS_CSV"),
+        help="a member's name, then its predictions.csv files; repeat per member",
+    )
+    p.add_argument("--classes", type=Path, required=True, help="the members' classes.json")
+    p.add_argument("--metric", default=None, help="figure and tests (default: main metric)")
+    p.add_argument("--title", default="", help="ensemble name shown in the outputs")
+    p.add_argument("--dpi", type=int, default=150)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("merged", help="ROC-AUC of merged classes (sums of class probabilities)")
+    p.add_argument("train_dirs", type=Path, nargs="+")
+    p.add_argument("--classes", type=Path, required=True)
+    p.add_argument(
+        "--groups", type=_json, required=True, help='JSON: {"blast": ["myeloblast", ...], ...}'
+    )
+    p.add_argument("--experiment", default="")
+    p.add_argument("--roc-sizes", type=int, nargs="+", default=None)
+    p.add_argument("--dpi", type=int, default=150)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_merged)
 
     p = sub.add_parser("explain", help="saliency and LRP maps, relevance shares of one fold")
     p.add_argument("--store", type=Path, required=True)

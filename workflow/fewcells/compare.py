@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -148,12 +148,23 @@ def _sizes_axis(ax, sizes: Sequence[int]) -> None:
     ax.set_xscale("log")
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.minorticks_off()
+    if len(sizes) == 1:  # keep the experiments' small offsets small
+        ax.set_xlim(sizes[0] / 1.5, sizes[0] * 1.5)
 
 
 def comparison_figure(
-    scores: pd.DataFrame, order: Sequence[str], metric: str, *, title: str = ""
+    scores: pd.DataFrame,
+    order: Sequence[str],
+    metric: str,
+    *,
+    title: str = "",
+    labels: Mapping[str, str] | None = None,
+    emphasis: str | None = None,
 ) -> Figure:
-    """Metric vs training size per experiment: folds as points, mean ± sd as error bars."""
+    """Metric vs training size per experiment: folds as points, mean ± sd as error bars.
+
+    labels: legend text per experiment (default its name); emphasis: one experiment drawn
+    in black with a thicker line (e.g. an ensemble)."""
     label = METRIC_LABELS.get(metric, metric)
     figure = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = figure.subplots()
@@ -164,17 +175,19 @@ def comparison_figure(
         data = scores[scores["experiment"] == experiment].dropna(subset=["score"])
         shift = 10 ** offsets[i]
         summary = data.groupby("size")["score"].agg(["mean", "std", "count"])
-        ax.plot(data["size"] * shift, data["score"], "o", ms=3, alpha=0.4, mew=0, color=colours(i))
+        colour = "black" if experiment == emphasis else colours(i)
+        ax.plot(data["size"] * shift, data["score"], "o", ms=3, alpha=0.4, mew=0, color=colour)
         ax.errorbar(
             summary.index * shift,
             summary["mean"],
             yerr=summary["std"].fillna(0),
             fmt="s-",
             ms=4,
-            lw=1.2,
+            lw=2.2 if experiment == emphasis else 1.2,
             capsize=3,
-            color=colours(i),
-            label=experiment,
+            color=colour,
+            label=(labels or {}).get(experiment, experiment),
+            zorder=3 if experiment == emphasis else 2,
         )
     _sizes_axis(ax, sizes)
     counts = scores.dropna(subset=["score"]).groupby(["size", "experiment"])["score"].count()

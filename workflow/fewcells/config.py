@@ -89,6 +89,7 @@ def validate_config(config: dict) -> dict:
         )
         if experiment["train"]["engine"] == "stacked":
             _check_stacked(key, experiment)
+        _check_merged(key, experiment)
         dataset = config["datasets"][experiment["dataset"]]
         if dataset["kind"] == "demo":
             _check_demo_sizes(key, experiment, dataset)
@@ -187,6 +188,46 @@ def compare_metric(config: dict, entry: dict) -> str:
     return MAIN_METRIC[task]
 
 
+def check_merged_groups(groups: dict, class_names: list[str], key: str) -> None:
+    """Every merged group names classes of the experiment and leaves at least one out."""
+    for group, members in groups.items():
+        unknown = [name for name in members if name not in class_names]
+        if unknown:
+            raise FewcellsError(
+                f"config key {key}.{group}: unknown class(es) {unknown} "
+                f"(classes of the experiment: {list(class_names)})"
+            )
+        if set(members) >= set(class_names):
+            raise FewcellsError(
+                f"config key {key}.{group}: the group takes every class, so no image is "
+                "outside it and its ROC-AUC is undefined"
+            )
+
+
+def _check_merged(key: str, experiment: dict) -> None:
+    """Merged groups need a multiclass task; with configured classes their names are known
+    now (otherwise the classes come from the data and are checked by the evaluation)."""
+    groups = experiment["evaluate"]["merged"]
+    if not groups:
+        return
+    if experiment_task(experiment) != "multiclass":
+        raise FewcellsError(
+            f"config key {key}.evaluate.merged: merged classes need a multiclass experiment "
+            f"(this one has the two classes {[c['name'] for c in experiment['classes']]})"
+        )
+    if experiment.get("classes"):
+        names = [entry["name"] for entry in experiment["classes"]]
+        check_merged_groups(groups, names, f"{key}.evaluate.merged")
+
+
+def common_sizes_and_folds(config: dict, names: list[str]) -> tuple[list[int], list[int]]:
+    """Training sizes and folds that every one of the experiments trains."""
+    experiments = [config["experiments"][name] for name in names]
+    sizes = set.intersection(*(set(e["folds"]["sizes"]) for e in experiments))
+    folds = set.intersection(*(set(fold_ids(e)) for e in experiments))
+    return sorted(sizes), sorted(folds)
+
+
 def _check_compare(config: dict) -> None:
     """Each comparison names run experiments with one task, dataset and fold split."""
     names = [entry["name"] for entry in config["compare"]]
@@ -195,6 +236,7 @@ def _check_compare(config: dict) -> None:
         raise FewcellsError(f"config key compare: duplicated comparison name(s) {duplicated}")
     for i, entry in enumerate(config["compare"]):
         entry.setdefault("metric", None)  # defaults are not filled inside arrays
+        entry.setdefault("ensemble", False)
         key = f"compare[{i}].experiments"
         chosen = entry["experiments"]
         unknown = [name for name in chosen if name not in config["experiments"]]
@@ -236,6 +278,18 @@ def _check_compare(config: dict) -> None:
                 f"config key compare[{i}].metric: {metric!r} is not a metric of this task "
                 f"(one of {list(allowed)})"
             )
+        if entry["ensemble"]:
+            sizes, folds = common_sizes_and_folds(config, chosen)
+            if not sizes or not folds:
+                raise FewcellsError(
+                    f"config key compare[{i}].ensemble: the experiments {chosen} share no "
+                    f"trained (size, fold) (common sizes {sizes}, common folds {folds})"
+                )
+            if "ensemble" in chosen:
+                raise FewcellsError(
+                    f"config key compare[{i}].ensemble: an experiment named 'ensemble' would "
+                    "be confused with the ensemble in the tables; rename it"
+                )
 
 
 def _check_subset(key: str, chosen: list | None, allowed: list) -> None:

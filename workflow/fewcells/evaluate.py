@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.optimize import OptimizeWarning, curve_fit
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score, roc_curve
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
 
 from fewcells import plots
 from fewcells.atomic import write_csv, write_json, write_png, write_text
@@ -166,6 +172,86 @@ def multiclass_metrics(pred: pd.DataFrame, class_names: Sequence[str]) -> pd.Dat
             }
         )
     return pd.DataFrame(rows, columns=["size", "fold", "n_test"] + MULTICLASS_METRICS)
+
+
+CLASSWISE_COLUMNS = ["size", "fold", "class_name", "support", "n_predicted"]
+CLASSWISE_COLUMNS += ["precision", "sensitivity"]
+
+
+def _classwise(test: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
+    """Per class of a set of test rows: support (images of the class), n_predicted,
+    precision and sensitivity (recall); NaN where undefined (nothing predicted as the
+    class, or no image of it)."""
+    y_true = test["target"].to_numpy(dtype=int)
+    y_pred = _predicted_targets(test, class_names)
+    labels = list(range(len(class_names)))
+    precision, recall, _, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=np.nan
+    )
+    return pd.DataFrame(
+        {
+            "class_name": list(class_names),
+            "support": support.astype(int),
+            "n_predicted": np.bincount(y_pred, minlength=len(class_names)),
+            "precision": precision.astype(float),
+            "sensitivity": recall.astype(float),
+        }
+    )
+
+
+def classwise_metrics(pred: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
+    """Per (size, fold) and class: support, n_predicted, precision and sensitivity of the
+    test fold (prediction = argmax), as Matek et al. 2019 report them."""
+    frames = [
+        _classwise(group, class_names).assign(size=int(size), fold=int(fold))
+        for (size, fold), group in _test_rows(pred).groupby(["size", "fold"], sort=True)
+    ]
+    return pd.concat(frames, ignore_index=True)[CLASSWISE_COLUMNS]
+
+
+def classwise_summary(pred: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
+    """Per size and class: precision and sensitivity of the test predictions pooled over
+    folds (support and n_predicted summed over folds; with a test set shared by the folds
+    each image counts once per fold), and their mean, sd and number of folds where defined.
+    """
+    per_fold = classwise_metrics(pred, class_names)
+    rows = []
+    for size, test in _test_rows(pred).groupby("size", sort=True):
+        pooled = _classwise(test, class_names).assign(size=int(size))
+        folds = per_fold[per_fold["size"] == size].groupby("class_name", sort=False)
+        for name in ("precision", "sensitivity"):
+            stats = folds[name].agg(["mean", "std", "count"]).reindex(list(class_names))
+            pooled[f"{name}_mean"] = stats["mean"].to_numpy()
+            pooled[f"{name}_sd"] = stats["std"].to_numpy()
+            pooled[f"{name}_folds"] = stats["count"].to_numpy(dtype=int)
+        rows.append(pooled)
+    table = pd.concat(rows, ignore_index=True)
+    return table[["size", *[c for c in table.columns if c != "size"]]]
+
+
+def classwise_markdown(summary: pd.DataFrame, size: int) -> list[str]:
+    """Matek-style table (class, precision, sensitivity, images) of one training size."""
+    table = summary[summary["size"] == size]
+
+    def cell(row, name: str) -> str:
+        pooled = getattr(row, name)
+        text = "–" if not np.isfinite(pooled) else f"{pooled:.2f}"
+        return f"{text} ({_mean_sd(getattr(row, f'{name}_mean'), getattr(row, f'{name}_sd'))})"
+
+    lines = [
+        f"Class-wise precision and sensitivity at n = {size}: pooled over the folds' test "
+        "predictions (in brackets mean ± s.d. over the folds where defined); images = test "
+        "images of the class summed over folds.",
+        "",
+        "| class | precision | sensitivity | images |",
+        "|---|---|---|---:|",
+    ]
+    for row in table.itertuples(index=False):
+        lines.append(
+            f"| {row.class_name} | {cell(row, 'precision')} | {cell(row, 'sensitivity')} | "
+            f"{row.support} |"
+        )
+    return lines
 
 
 def confusion_matrix_table(
@@ -549,10 +635,15 @@ def _learning_curve_lines(curve_fit: dict, reference: str | None) -> list[str]:
 
 
 def summary_markdown(
-    summary: pd.DataFrame, curve_fit: dict, experiment_name: str, reference: str | None = None
+    summary: pd.DataFrame,
+    curve_fit: dict,
+    experiment_name: str,
+    reference: str | None = None,
+    extra_lines: Sequence[str] = (),
 ) -> str:
     """Markdown report: per-size table (mean ± sd over folds, paper next to the main metric)
-    and the learning-curve lines ("95% of plateau reached at n = X (95% CI a–b)")."""
+    and the learning-curve lines ("95% of plateau reached at n = X (95% CI a–b)"), then
+    `extra_lines` (e.g. the class-wise table of a multiclass task)."""
     metric_names = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
     metric_names = [m for m in metric_names if m != "paper"]
     main = metric_names[0]
@@ -577,6 +668,8 @@ def summary_markdown(
         ] + [_mean_sd(row[f"{m}_mean"], row[f"{m}_sd"]) for m in metric_names[1:]]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *_learning_curve_lines(curve_fit, reference), ""]
+    if extra_lines:
+        lines += [*extra_lines, ""]
     return "\n".join(lines)
 
 
@@ -714,10 +807,12 @@ def evaluate_experiment(
     """Evaluate a sweep's job outputs; write tables and figures (each atomically) to out_dir.
 
     Tables: metrics.csv, summary.csv, summary.md, learning_curve.csv, learning_curve_fit.json,
-    mean_roc.csv (binary; sizes with a finite AUC), confusion_matrix.csv (largest size) and
-    confusion_matrix_by_size.csv (multiclass). Figures: loss_curves.png, learning_curve.png,
-    and roc_mean.png + auc_boxplot.png (binary) or f1_boxplot.png + confusion_matrix.png
-    (multiclass).
+    mean_roc.csv (binary; sizes with a finite AUC); for multiclass tasks
+    confusion_matrix.csv (largest size), confusion_matrix_by_size.csv, classwise.csv
+    (precision and sensitivity per size, fold and class) and classwise_summary.csv (pooled
+    over folds, and mean ± sd over folds; its largest size is also in summary.md).
+    Figures: loss_curves.png, learning_curve.png, and roc_mean.png + auc_boxplot.png
+    (binary) or f1_boxplot.png + confusion_matrix.png (multiclass).
     plot_options: dpi (150), roc_sizes and loss_sizes (default: 4 sizes spread over the range).
     n_boot: bootstrap resamples of the learning-curve fit.
     """
@@ -752,6 +847,7 @@ def evaluate_experiment(
         )
     )
 
+    extra_lines: list[str] = []
     tables = {
         "metrics.csv": metrics,
         "summary.csv": summary,
@@ -782,6 +878,9 @@ def evaluate_experiment(
         largest = by_size[by_size["size"] == sizes[-1]]
         tables["confusion_matrix.csv"] = largest
         tables["confusion_matrix_by_size.csv"] = by_size
+        tables["classwise.csv"] = classwise_metrics(pred, class_names)
+        tables["classwise_summary.csv"] = classwise_summary(pred, class_names)
+        extra_lines = classwise_markdown(tables["classwise_summary.csv"], sizes[-1])
         figures["f1_boxplot.png"] = plots.score_boxplot(
             metrics, "macro_f1", paper=paper, experiment=experiment
         )
@@ -801,6 +900,9 @@ def evaluate_experiment(
         if key != "curve"
     }
     write_json(fit_parameters, out_dir / "learning_curve_fit.json")
-    write_text(summary_markdown(summary, curve_fit, experiment, reference), out_dir / "summary.md")
+    write_text(
+        summary_markdown(summary, curve_fit, experiment, reference, extra_lines),
+        out_dir / "summary.md",
+    )
     for name, figure in figures.items():
         write_png(figure, out_dir / name, options["dpi"])

@@ -108,6 +108,29 @@ def roc_curves(mean_roc_by_size: pd.DataFrame, *, experiment: str = "") -> Figur
     """
     figure = Figure(figsize=(5.6, 5.4), layout="constrained")
     ax = figure.subplots()
+    _draw_mean_roc(ax, mean_roc_by_size)
+    ax.set_title(_title(experiment, "mean test ROC by training size n"), fontsize=11)
+    return figure
+
+
+def merged_roc_curves(
+    mean_roc_by_group: pd.DataFrame, groups: Mapping[str, Sequence[str]], *, experiment: str = ""
+) -> Figure:
+    """One panel per merged group: mean test ROC of "in the group" vs P_group (the sum of
+    the group's class probabilities) per size, ±1 s.d. band (rows of `merged.merged_roc`)."""
+    names = [name for name in groups if name in set(mean_roc_by_group["group"])]
+    figure = Figure(figsize=(5.2 * max(len(names), 1), 5.6), layout="constrained")
+    axes = figure.subplots(1, max(len(names), 1), squeeze=False)[0]
+    for ax, name in zip(axes, names, strict=False):
+        _draw_mean_roc(ax, mean_roc_by_group[mean_roc_by_group["group"] == name])
+        members = list(groups[name])
+        lines = [" + ".join(members[i : i + 3]) for i in range(0, len(members), 3)]
+        ax.set_title(f"P_{name} = " + "\n+ ".join(lines), fontsize=9)
+    figure.suptitle(_title(experiment, "merged classes: mean test ROC by training size n"))
+    return figure
+
+
+def _draw_mean_roc(ax, mean_roc_by_size: pd.DataFrame) -> None:
     sizes = sorted(mean_roc_by_size["size"].unique())
     colours = colormaps["viridis"](np.linspace(0.0, 0.85, max(len(sizes), 1)))
     for colour, size in zip(colours, sizes, strict=True):
@@ -129,8 +152,6 @@ def roc_curves(mean_roc_by_size: pd.DataFrame, *, experiment: str = "") -> Figur
     ax.set_ylabel("True-positive rate (sensitivity)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8, title="mean ± 1 s.d. over folds", title_fontsize=8)
-    ax.set_title(_title(experiment, "mean test ROC by training size n"), fontsize=11)
-    return figure
 
 
 def score_boxplot(

@@ -4,6 +4,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from fewcells.config import (
+    common_sizes_and_folds,
     compare_metric,
     experiment_task,
     explain_folds,
@@ -40,8 +41,27 @@ def is_binary(experiment):
 
 
 COMPARISONS = {entry["name"]: entry for entry in CONFIG["compare"]}
+ENSEMBLES = {name: entry for name, entry in COMPARISONS.items() if entry["ensemble"]}
 BINARY = [e for e in CONFIG["run"] if is_binary(e)] or ["__none__"]
 MULTICLASS = [e for e in CONFIG["run"] if not is_binary(e)] or ["__none__"]
+MERGED = [
+    e for e in CONFIG["run"] if CONFIG["experiments"][e]["evaluate"]["merged"]
+] or ["__none__"]
+ENSEMBLE_FILES = (
+    "ensemble_predictions.csv",
+    "ensemble_metrics.csv",
+    "ensemble_summary.csv",
+    "ensemble_wilcoxon.csv",
+    "ensemble.md",
+    "ensemble.png",
+)
+MERGED_FILES = (
+    "merged_metrics.csv",
+    "merged_summary.csv",
+    "merged_roc.csv",
+    "merged.md",
+    "merged_roc.png",
+)
 
 
 wildcard_constraints:
@@ -117,7 +137,9 @@ def evaluation_targets(experiment):
     if is_binary(experiment):
         figures += ["roc_mean.png", "auc_boxplot.png"]
     else:
-        figures += ["f1_boxplot.png", "confusion_matrix.png"]
+        figures += ["f1_boxplot.png", "confusion_matrix.png", "classwise_summary.csv"]
+    if CONFIG["experiments"][experiment]["evaluate"]["merged"]:
+        figures += [f"merged/{name}" for name in MERGED_FILES]
     return [f"{out}/{name}" for name in ["summary.md", "metrics.csv", *figures]]
 
 
@@ -153,7 +175,51 @@ def all_targets():
                 "comparison.png",
             )
         ]
+    for name in ENSEMBLES:
+        targets += [f"{RESULTS}/comparisons/{name}/{file}" for file in ENSEMBLE_FILES]
     return targets
+
+
+def ensemble_inputs(wildcards):
+    names = ENSEMBLES[wildcards.comparison]["experiments"]
+    sizes, folds = common_sizes_and_folds(CONFIG, names)
+    return {
+        "classes": f"{RESULTS}/{names[0]}/folds/classes.json",
+        "predictions": [
+            f"{RESULTS}/{name}/train/n{size}/fold{fold}/predictions.csv"
+            for name in names
+            for size in sizes
+            for fold in folds
+        ],
+    }
+
+
+def ensemble_members(wildcards):
+    """--member NAME FILE... per member (the (size, fold) jobs that all of them train)."""
+    names = ENSEMBLES[wildcards.comparison]["experiments"]
+    sizes, folds = common_sizes_and_folds(CONFIG, names)
+    return " ".join(
+        f"--member {name} "
+        + " ".join(
+            f"{RESULTS}/{name}/train/n{size}/fold{fold}/predictions.csv"
+            for size in sizes
+            for fold in folds
+        )
+        for name in names
+    )
+
+
+def merged_inputs(wildcards):
+    dirs = train_dirs(wildcards.experiment)
+    return {
+        "classes": f"{RESULTS}/{wildcards.experiment}/folds/classes.json",
+        "predictions": [f"{d}/predictions.csv" for d in dirs],
+    }
+
+
+def roc_sizes_option(wildcards):
+    sizes = experiment_config(wildcards)["plots"]["roc_sizes"]
+    return "--roc-sizes " + " ".join(map(str, sizes)) if sizes else ""
 
 
 def compare_inputs(wildcards):
@@ -170,6 +236,26 @@ def comparison_output(name, label):
         category="Comparisons",
         subcategory="{comparison}",
         labels={"comparison": "{comparison}", "figure": label},
+    )
+
+
+def ensemble_output(name, label):
+    return report(
+        f"{RESULTS}/comparisons/{{comparison}}/{name}",
+        caption="../report/ensemble.rst",
+        category="Comparisons",
+        subcategory="{comparison}",
+        labels={"comparison": "{comparison}", "figure": label},
+    )
+
+
+def merged_output(name, label):
+    return report(
+        f"{RESULTS}/{{experiment}}/evaluation/merged/{name}",
+        caption="../report/merged.rst",
+        category="{experiment}",
+        subcategory="Merged classes",
+        labels={"experiment": "{experiment}", "figure": label},
     )
 
 
