@@ -54,6 +54,12 @@ def dataset_of(wildcards):
     return CONFIG["experiments"][wildcards.experiment]["dataset"]
 
 
+def train_resource(wildcards, name, attempt):
+    """A training job's `mem_mb` or `runtime` from the config, doubled on each retry."""
+    value = CONFIG["experiments"][wildcards.experiment]["train"][name]
+    return value * 2 ** (attempt - 1)
+
+
 def kept_csv(wildcards):
     return f"{DATASETS}/{dataset_of(wildcards)}/dedup/kept.csv"
 

@@ -20,8 +20,8 @@ rule train:
         "../../envs/fewcells.yaml"
     threads: lambda w: CONFIG["experiments"][w.experiment]["train"]["threads"]
     resources:
-        mem_mb=lambda w: CONFIG["experiments"][w.experiment]["train"]["mem_mb"],
-        runtime=lambda w: CONFIG["experiments"][w.experiment]["train"]["runtime"],
+        mem_mb=lambda w, attempt: train_resource(w, "mem_mb", attempt),
+        runtime=lambda w, attempt: train_resource(w, "runtime", attempt),
         gpu=lambda w: CONFIG["experiments"][w.experiment]["train"]["gpus"],
     params:
         train=lambda w: as_json(train_protocol(experiment_config(w))),
