@@ -60,6 +60,12 @@ def train_resource(wildcards, name, attempt):
     return value * 2 ** (attempt - 1)
 
 
+def gpu_model(wildcards):
+    """`train.gpu_model` for a training job that requests GPUs, else no such resource."""
+    train = CONFIG["experiments"][wildcards.experiment]["train"]
+    return train["gpu_model"] if train["gpus"] else None
+
+
 def kept_csv(wildcards):
     return f"{DATASETS}/{dataset_of(wildcards)}/dedup/kept.csv"
 

@@ -23,6 +23,7 @@ rule train:
         mem_mb=lambda w, attempt: train_resource(w, "mem_mb", attempt),
         runtime=lambda w, attempt: train_resource(w, "runtime", attempt),
         gpu=lambda w: CONFIG["experiments"][w.experiment]["train"]["gpus"],
+        gpu_model=gpu_model,
     params:
         train=lambda w: as_json(train_protocol(experiment_config(w))),
         model=lambda w: as_json(experiment_config(w)["model"]),
