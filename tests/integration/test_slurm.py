@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "integration" / "configs" / "tiny_demo.yaml"
@@ -165,3 +166,31 @@ def test_demo_runs_through_slurm_with_the_results_of_a_local_run(slurm_env, tmp_
             )
         else:
             assert path.read_text() == (local / "results" / name).read_text(), name
+
+
+def test_profile_requests_gpus_only_for_experiments_that_train_on_them(tmp_path):
+    """A dry run with the profile: no cluster needed, only the executor plugin."""
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    config = yaml.safe_load(TINY.read_text())
+    config["experiments"]["tiny_binary"]["train"].update(gpus=1, gpu_model="a100")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {**ENV, "SLURM_ACCOUNT": "lab", "SLURM_GPU_PARTITION": "gpu", "SLURM_CPUS_PER_GPU": "4"}
+    for name in ("SLURM_PARTITION", "SLURM_CONF"):
+        env.pop(name, None)
+    output = snakemake(
+        tmp_path, env, "-n", "--workflow-profile", str(PROFILE), "--configfile", "config.yaml"
+    )
+    resources = {}
+    for block in re.split(r"\n\s*\n", output):
+        rule = re.search(r"^rule (\w+):", block, re.MULTILINE)
+        listed = re.search(r"resources: (.*)", block)
+        if rule and listed:
+            experiment = re.search(r"experiment=(\w+)", block)
+            key = (rule.group(1), experiment.group(1) if experiment else None)
+            resources[key] = dict(item.split("=", 1) for item in listed.group(1).split(", "))
+    gpu, cpu = resources[("train", "tiny_binary")], resources[("train", "tiny_multiclass")]
+    assert (gpu["gpu"], gpu["gpu_model"], gpu["cpus_per_gpu"]) == ("1", "a100", "4")
+    assert gpu["slurm_partition"] == cpu["slurm_partition"] == "gpu"
+    assert cpu["gpu"] == "0" and "gpu_model" not in cpu
+    dedup = resources[("dedup", None)]
+    assert dedup["slurm_account"] == "lab" and "slurm_partition" not in dedup
