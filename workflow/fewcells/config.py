@@ -12,7 +12,7 @@ from fewcells.errors import FewcellsError
 from fewcells.metric_names import MAIN_METRIC, SCORES
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
-TRAIN_RESOURCE_KEYS = ("mem_mb", "runtime", "gpus")
+TRAIN_RESOURCE_KEYS = ("mem_mb", "runtime", "gpus", "gpu_model")
 # results/<name>/ folders the workflow writes besides the experiments' own.
 RESERVED_RESULT_FOLDERS = ("benchmarks", "comparisons", "datasets", "logs", "pretrained")
 # Keys of an experiment's `pretrain` section that replace its `train` keys when pretraining.

@@ -109,6 +109,31 @@ def dataset_of(wildcards):
     return CONFIG["experiments"][wildcards.experiment]["dataset"]
 
 
+def train_resource(wildcards, name, attempt):
+    """A training job's `mem_mb` or `runtime` from the config, doubled on each retry."""
+    value = CONFIG["experiments"][wildcards.experiment]["train"][name]
+    return value * 2 ** (attempt - 1)
+
+
+def stacked_resources(experiment):
+    """Rule train_stacked_EXPERIMENT's resources (memory and time doubled on each retry)."""
+    train = CONFIG["experiments"][experiment]["train"]
+    resources = {
+        "mem_mb": lambda wildcards, attempt: train["mem_mb"] * 2 ** (attempt - 1),
+        "runtime": lambda wildcards, attempt: train["runtime"] * 2 ** (attempt - 1),
+        "gpu": train["gpus"],
+    }
+    if train["gpus"] and train["gpu_model"]:
+        resources["gpu_model"] = train["gpu_model"]
+    return resources
+
+
+def gpu_model(wildcards):
+    """`train.gpu_model` for a training job that requests GPUs, else no such resource."""
+    train = CONFIG["experiments"][wildcards.experiment]["train"]
+    return train["gpu_model"] if train["gpus"] else None
+
+
 def kept_csv(wildcards):
     return f"{DATASETS}/{dataset_of(wildcards)}/dedup/kept.csv"
 

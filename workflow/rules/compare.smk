@@ -8,6 +8,7 @@ rule compare:
         figure=comparison_output("comparison.png", "metric vs size"),
     log:
         f"{LOGS}/comparisons/{{comparison}}.log",
+    localrule: True
     conda:
         "../../envs/fewcells.yaml"
     params:

@@ -12,6 +12,7 @@ rule evaluate_binary:
         f"{LOGS}/{{experiment}}/evaluate.log",
     wildcard_constraints:
         experiment="|".join(BINARY),
+    localrule: True
     conda:
         "../../envs/fewcells.yaml"
     params:
@@ -39,6 +40,7 @@ rule evaluate_multiclass:
         f"{LOGS}/{{experiment}}/evaluate.log",
     wildcard_constraints:
         experiment="|".join(MULTICLASS),
+    localrule: True
     conda:
         "../../envs/fewcells.yaml"
     params:

@@ -22,9 +22,10 @@ rule train:
         "../../envs/fewcells.yaml"
     threads: lambda w: CONFIG["experiments"][w.experiment]["train"]["threads"]
     resources:
-        mem_mb=lambda w: CONFIG["experiments"][w.experiment]["train"]["mem_mb"],
-        runtime=lambda w: CONFIG["experiments"][w.experiment]["train"]["runtime"],
+        mem_mb=lambda w, attempt: train_resource(w, "mem_mb", attempt),
+        runtime=lambda w, attempt: train_resource(w, "runtime", attempt),
         gpu=lambda w: CONFIG["experiments"][w.experiment]["train"]["gpus"],
+        gpu_model=gpu_model,
     params:
         train=lambda w: as_json(train_protocol(experiment_config(w))),
         model=lambda w: as_json(model_for_training(w)),
@@ -62,9 +63,7 @@ for stacked_experiment in STACKED_EXPERIMENTS:
             "../../envs/fewcells.yaml"
         threads: CONFIG["experiments"][stacked_experiment]["train"]["threads"]
         resources:
-            mem_mb=CONFIG["experiments"][stacked_experiment]["train"]["mem_mb"],
-            runtime=CONFIG["experiments"][stacked_experiment]["train"]["runtime"],
-            gpu=CONFIG["experiments"][stacked_experiment]["train"]["gpus"],
+            **stacked_resources(stacked_experiment),
         params:
             train=as_json(train_protocol(CONFIG["experiments"][stacked_experiment])),
             model=as_json(CONFIG["experiments"][stacked_experiment]["model"]),
