@@ -79,9 +79,9 @@ def test_stacked_forward_and_gradients_match_each_network():
             )
 
 
-def test_stacked_networks_refuse_batchnorm():
+def test_stacked_networks_refuse_other_architectures():
     resnets = [build_model({"name": "resnet18"}, 2, 64) for _ in range(2)]
-    with pytest.raises(FewcellsError, match="engine.*per_fold"):
+    with pytest.raises(FewcellsError, match="paper CNN only, not TorchvisionNet.*per_fold"):
         StackedNetworks(resnets)
 
 

@@ -18,7 +18,6 @@ CellClassifier), written atomically fold by fold.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import os
 import resource
@@ -31,11 +30,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import stack_module_state
 
 from fewcells.atomic import atomic_path
 from fewcells.errors import FewcellsError
-from fewcells.model import to_model_input
+from fewcells.model import PaperCNN, to_model_input
 from fewcells.train import (
     EVAL_BATCH_SIZE,
     OPTIMIZERS,
@@ -64,35 +63,60 @@ def training_device(accelerator: str) -> torch.device:
 
 
 class StackedNetworks(nn.Module):
-    """K networks of one architecture evaluated as one: parameters stacked along a new dim 0.
+    """K paper CNNs evaluated as one: parameters stacked along a new dim 0.
 
     forward takes (K, B, C, H, W) and returns (K, B, n_classes); network k sees only x[k].
-    Networks with buffers (BatchNorm running statistics) are refused: vmap cannot update them.
+    The K networks' images travel as channel blocks of one batch (B, K*C, H, W): every
+    convolution is one grouped convolution (groups=K), pooling and ReLU act per channel, and
+    the dense layers are batched matrix products - a handful of kernels per layer whatever K
+    is, which is what makes many small networks cheap on a GPU.
     """
 
     def __init__(self, networks: list[nn.Module]) -> None:
         super().__init__()
-        if any(True for _ in networks[0].buffers()):
+        if not all(isinstance(network, PaperCNN) for network in networks):
+            kinds = sorted({type(network).__name__ for network in networks})
             raise FewcellsError(
-                "train.engine: 'stacked' trains networks without buffers (the paper CNN); "
-                f"{type(networks[0]).__name__} has BatchNorm statistics - use engine 'per_fold'"
+                f"train.engine: 'stacked' trains the paper CNN only, not {', '.join(kinds)} "
+                "(BatchNorm statistics cannot be stacked) - use engine 'per_fold'"
             )
         stacked, _ = stack_module_state(networks)
         self.names = list(stacked)
         self.stacked = nn.ParameterList(nn.Parameter(stacked[name]) for name in self.names)
-        self.template = [copy.deepcopy(networks[0]).to("meta")]  # a list: not a submodule
+        template = networks[0]
+        self.layers = [  # (kind, parameter prefix) in forward order
+            (type(module).__name__, f"features.{index}")
+            for index, module in enumerate(template.features)
+        ]
 
     def __len__(self) -> int:
         return len(self.stacked[0])
 
+    def _parameter(self, name: str) -> torch.Tensor:
+        return self.stacked[self.names.index(name)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        template = self.template[0]
-
-        def one(params: tuple[torch.Tensor, ...], images: torch.Tensor) -> torch.Tensor:
-            named = dict(zip(self.names, params, strict=True))
-            return functional_call(template, named, (images,), strict=True)
-
-        return vmap(one)(tuple(self.stacked), x)
+        k, b = x.shape[:2]
+        h = x.transpose(0, 1).reshape(b, -1, *x.shape[3:])  # (B, K*C, H, W)
+        for kind, prefix in self.layers:
+            if kind == "Conv2d":
+                weight = self._parameter(f"{prefix}.weight")
+                bias = self._parameter(f"{prefix}.bias")
+                h = F.conv2d(h, weight.flatten(0, 1), bias.flatten(), groups=k)
+            elif kind == "MaxPool2d":
+                h = F.max_pool2d(h, 2)
+            elif kind == "ReLU":
+                h = F.relu(h)
+            else:  # Flatten, per network: (K, B, C*h*w)
+                h = h.reshape(b, k, -1).transpose(0, 1)
+        h = torch.baddbmm(
+            self._parameter("hidden.bias")[:, None], h, self._parameter("hidden.weight").mT
+        )
+        return torch.baddbmm(
+            self._parameter("classifier.bias")[:, None],
+            F.relu(h),
+            self._parameter("classifier.weight").mT,
+        )
 
     def state_dicts(self) -> list[dict[str, torch.Tensor]]:
         """One state_dict per network, detached copies on the CPU."""
