@@ -168,6 +168,29 @@ def workflow_path(
     }
 
 
+def stacked_path(root: Path, *, size: int, epochs: int, threads: int, folds: int = 10) -> dict:
+    """The stacked engine (train.engine: stacked): one job training `folds` folds at once."""
+    from fewcells.stacked import run_stacked_training
+
+    train_cfg = {"max_epochs": epochs, "patience": epochs, "threads": threads}
+    infos = run_stacked_training(
+        root / "store",
+        root / "folds" / "folds.csv",
+        root / "folds" / "classes.json",
+        list(range(folds)),
+        size,
+        train_cfg,
+        {"name": "paper_cnn"},
+        root / "train-stacked" / f"n{size}",
+        image_size=257,
+    )
+    return {
+        "image_steps": sum(info["n_train_images"] * info["epochs_run"] for info in infos),
+        "seconds": infos[0]["fit_seconds"],
+        "device": infos[0]["device"],
+    }
+
+
 def benchmark_training(
     *, size: int = 100, epochs: int = 30, cores: int | None = None, model_name: str = "paper_cnn"
 ) -> dict:
@@ -179,6 +202,11 @@ def benchmark_training(
         plain = plain_loop(root, size=size, epochs=epochs, threads=cores, model_name=model_name)
         workflow = workflow_path(
             root, size=size, epochs=epochs, processes=cores, model_name=model_name
+        )
+        stacked = (
+            stacked_path(root, size=size, epochs=epochs, threads=cores)
+            if model_name == "paper_cnn"
+            else None
         )
     plain_rate = plain["image_steps"] / plain["seconds"]
     workflow_rate = workflow["image_steps"] / workflow["seconds"]
@@ -200,6 +228,14 @@ def benchmark_training(
         f"  ratio workflow / plain: {result['speedup']:.2f}x; peak memory of one training job: "
         f"{workflow['peak_rss_mb']:.0f} MB"
     )
+    if stacked is not None:
+        stacked_rate = stacked["image_steps"] / stacked["seconds"]
+        result["stacked_image_steps_per_s"] = round(stacked_rate, 1)
+        result["stacked_speedup"] = round(stacked_rate / plain_rate, 2)
+        print(
+            f"  stacked engine, 1 job x {cores} threads, 10 folds on {stacked['device']}: "
+            f"{stacked_rate:8.1f} image-steps/s ({result['stacked_speedup']:.2f}x plain)"
+        )
     return result
 
 

@@ -494,6 +494,8 @@ def _lightning_session() -> Iterator[None]:
     deterministic = torch.are_deterministic_algorithms_enabled()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        # Lightning's SLURM detection: jobs run by Snakemake's SLURM executor start on their own.
+        warnings.filterwarnings("ignore", message=".*The `srun` command is available.*")
         warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
         # Frozen BatchNorm layers (model.freeze) stay in eval mode on purpose.
         warnings.filterwarnings(
