@@ -44,6 +44,7 @@ from fewcells.train import (
     EpochHistory,
     _device_name,
     _write_outputs,
+    fold_data,
     read_class_names,
     train_config,
 )
@@ -239,25 +240,10 @@ def run_stacked_training(
     device = training_device(cfg["accelerator"])
     seeds = [fold_seed(cfg, fold, size) for fold in folds]
     batch_size = int(cfg["batch_size"])
-    data = []
-    for fold, seed in zip(folds, seeds, strict=True):
-        module = CellDataModule(
-            store_dir,
-            folds_csv,
-            fold,
-            size,
-            batch_size=batch_size,
-            seed=seed,
-            balance_to=cfg["balance_to"],
-            image_size=image_size,
-        )
-        module.setup("fit")
-        if not module.fold_frame["target"].between(0, len(class_names) - 1).all():
-            raise FewcellsError(
-                f"{folds_csv}: targets outside 0..{len(class_names) - 1} ({classes_json} lists "
-                f"{len(class_names)} classes)"
-            )
-        data.append(module)
+    data = [
+        fold_data(store_dir, folds_csv, classes_json, fold, size, cfg, seed, image_size)
+        for fold, seed in zip(folds, seeds, strict=True)
+    ]
 
     with _deterministic(device):
         # The initial weights of fold k: the per-fold engine seeds everything, then builds.

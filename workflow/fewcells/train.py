@@ -666,6 +666,37 @@ def fit_classifier(
     return trainer, checkpoint, head["seconds"] + seconds, {HEAD_PHASE: head, FINETUNE_PHASE: tuned}
 
 
+def fold_data(
+    store_dir: str | os.PathLike,
+    folds_csv: str | os.PathLike,
+    classes_json: str | os.PathLike,
+    fold: int,
+    size: int,
+    cfg: dict,
+    seed: int,
+    image_size: int,
+) -> CellDataModule:
+    """The set-up data of one (fold, size) training; targets checked against CLASSES.json."""
+    n_classes = len(read_class_names(classes_json))
+    data = CellDataModule(
+        store_dir,
+        folds_csv,
+        fold,
+        size,
+        batch_size=int(cfg["batch_size"]),
+        seed=seed,
+        balance_to=cfg["balance_to"],
+        image_size=image_size,
+    )
+    data.setup("fit")
+    if not data.fold_frame["target"].between(0, n_classes - 1).all():
+        raise FewcellsError(
+            f"{folds_csv}: targets outside 0..{n_classes - 1} ({classes_json} lists "
+            f"{n_classes} classes)"
+        )
+    return data
+
+
 def run_training(
     store_dir: str | os.PathLike,
     folds_csv: str | os.PathLike,
@@ -693,22 +724,7 @@ def run_training(
     class_names = read_class_names(classes_json)
     seed = int(cfg["seed"]) + 1000 * fold + size
     torch.set_num_threads(int(cfg["threads"]))
-    data = CellDataModule(
-        store_dir,
-        folds_csv,
-        fold,
-        size,
-        batch_size=int(cfg["batch_size"]),
-        seed=seed,
-        balance_to=cfg["balance_to"],
-        image_size=image_size,
-    )
-    data.setup("fit")
-    if not data.fold_frame["target"].between(0, len(class_names) - 1).all():
-        raise FewcellsError(
-            f"{folds_csv}: targets outside 0..{len(class_names) - 1} ({classes_json} lists "
-            f"{len(class_names)} classes)"
-        )
+    data = fold_data(store_dir, folds_csv, classes_json, fold, size, cfg, seed, image_size)
     if model_cfg.get("weights") is not None:
         print(f"starting from the weights in {model_cfg['weights']}", file=sys.stderr)
     with _lightning_session(), atomic_path(out_dir, directory=True) as tmp:
