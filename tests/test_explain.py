@@ -11,7 +11,7 @@ from PIL import Image
 
 from fewcells import explain
 from fewcells.errors import FewcellsError
-from fewcells.model import MIN_IMAGE_SIZE, PaperCNN
+from fewcells.model import MIN_IMAGE_SIZE, PaperCNN, build_model
 
 
 def _network(zero_biases: bool) -> PaperCNN:
@@ -53,6 +53,51 @@ def test_every_composite_gives_finite_relevance(name):
         _network(False), _input(1), torch.tensor([1]), explain.make_composite(name, 1.0)
     )
     assert np.isfinite(relevance).all() and np.abs(relevance).sum() > 0
+
+
+def _torchvision(arch: str) -> torch.nn.Module:
+    """A random torchvision network whose BatchNorm layers have non-trivial statistics."""
+    torch.manual_seed(0)
+    model = build_model({"name": arch}, 2, 64)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def test_canonizers_follow_the_architecture():
+    from zennit.canonizers import SequentialMergeBatchNorm
+    from zennit.torchvision import ResNetCanonizer
+
+    assert explain.canonizers_for(_network(False)) == []
+    (resnet,) = explain.canonizers_for(_torchvision("resnet18"))
+    assert isinstance(resnet, ResNetCanonizer)
+    (efficientnet,) = explain.canonizers_for(_torchvision("efficientnet_b0"))
+    assert isinstance(efficientnet, SequentialMergeBatchNorm)
+
+
+def test_lrp_through_a_canonized_resnet_leaves_the_network_as_it_was():
+    model = _torchvision("resnet18")
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    targets = torch.tensor([0, 1])
+    with torch.no_grad():
+        before = model(x)
+    plain, _ = explain.lrp(model, x, targets, explain.make_composite("epsilon_plus_flat"))
+    canonized, logits = explain.lrp(
+        model,
+        x,
+        targets,
+        explain.make_composite("epsilon_plus_flat", canonizers=explain.canonizers_for(model)),
+    )
+    assert np.isfinite(canonized).all() and canonized.shape == (2, 3, 64, 64)
+    assert not np.allclose(plain, canonized)  # the canonizer changed how relevance flows
+    # Merging BatchNorm into the convolutions changes the logits by rounding only.
+    chosen = before.gather(1, targets[:, None])[:, 0]
+    torch.testing.assert_close(torch.from_numpy(logits), chosen, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before)  # BatchNorm restored after attribution
 
 
 def test_unknown_composite_is_named():

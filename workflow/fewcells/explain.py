@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 from zennit.attribution import Gradient
+from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
 from zennit.composites import (
     EpsilonAlpha2Beta1,
     EpsilonPlusFlat,
@@ -29,11 +30,12 @@ from zennit.composites import (
     layer_map_base,
 )
 from zennit.rules import Epsilon
+from zennit.torchvision import ResNetCanonizer
 from zennit.types import Convolution
 
 from fewcells.atomic import write_csv, write_png
 from fewcells.errors import FewcellsError
-from fewcells.model import to_model_input
+from fewcells.model import TorchvisionNet, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +48,36 @@ MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp", ".jpg")
 # ----------------------------------------------------------------------------- attribution
 
 
-def make_composite(name: str, epsilon: float = 1.0) -> LayerMapComposite:
+def canonizers_for(model: torch.nn.Module) -> list[Canonizer]:
+    """zennit canonizers that put `model` into the form LRP's rules assume.
+
+    The paper CNN needs none. torchvision networks: BatchNorm merged into the convolution it
+    follows (SequentialMergeBatchNorm), and for ResNet/ResNeXt also the residual sums made
+    explicit modules so that relevance is split between the two branches (ResNetCanonizer).
+    DenseNet's BatchNorm layers come before their convolutions and stay as they are.
+    """
+    if not isinstance(model, TorchvisionNet):
+        return []
+    if model.arch.startswith(("resnet", "resnext")):
+        return [ResNetCanonizer()]
+    return [SequentialMergeBatchNorm()]
+
+
+def make_composite(
+    name: str, epsilon: float = 1.0, canonizers: list[Canonizer] | None = None
+) -> LayerMapComposite:
     """The zennit composite `name` (one of COMPOSITES) with the epsilon rule's `epsilon`."""
+    canonizers = canonizers or []
     if name == "epsilon":
         rule = Epsilon(epsilon=epsilon)
         return LayerMapComposite(
-            layer_map=layer_map_base() + [(Convolution, rule), (torch.nn.Linear, rule)]
+            layer_map=layer_map_base() + [(Convolution, rule), (torch.nn.Linear, rule)],
+            canonizers=canonizers,
         )
     if name == "epsilon_plus_flat":
-        return EpsilonPlusFlat(epsilon=epsilon)
+        return EpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers)
     if name == "epsilon_alpha2_beta1":
-        return EpsilonAlpha2Beta1(epsilon=epsilon)
+        return EpsilonAlpha2Beta1(epsilon=epsilon, canonizers=canonizers)
     raise FewcellsError(
         f"explain.composite: unknown composite {name!r}; choose one of {COMPOSITES}"
     )
@@ -338,11 +359,13 @@ def explain_fold(
         for i, r in zip(wanted["image_id"], wanted["store_row"], strict=True)
     }
     masks = {i: _masks(pixels[i], i, masks_dir, fit) for i in wanted["image_id"]}
-    composite = make_composite(settings["composite"], settings["epsilon"])
     use_predicted = settings["target"] == "predicted"
     share_rows, maps = [], {}
     for size in sizes:
         model = _load_network(Path(train_root) / f"n{size}" / f"fold{fold}" / "model.ckpt")
+        composite = make_composite(
+            settings["composite"], settings["epsilon"], canonizers_for(model)
+        )
         for start in range(0, len(wanted), BATCH_SIZE):
             part = wanted.iloc[start : start + BATCH_SIZE]
             batch = np.stack([pixels[i] for i in part["image_id"]])
