@@ -1,8 +1,8 @@
 """The fold-stacked engine (train.engine: stacked): every fold of one training size in one job.
 
-The folds' networks are trained side by side as one vectorised model (torch.func.vmap over
-stacked parameters: on a GPU one grouped convolution per layer instead of one small kernel per
-fold), with the images resident on the device and augmented there. Each fold keeps its own
+The folds' paper CNNs are trained side by side as one model (parameters stacked along a new
+first dimension; one grouped convolution per layer instead of one small kernel per fold),
+with the images resident on the device and augmented there. Each fold keeps its own
 protocol exactly as in the per-fold engine (train.py): the same initial weights, the same
 batch order (a RandomSampler-equivalent shuffle seeded per fold), the same augmentation draws
 (a generator per fold seeded as in CellClassifier), an optimizer that acts element-wise on
