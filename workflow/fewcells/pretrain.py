@@ -29,12 +29,12 @@ from fewcells.folds import FOLD_COLUMNS, map_classes
 from fewcells.train import (
     INDEX_COLUMNS,
     CellClassifier,
-    CellDataModule,
     EpochHistory,
     _device_name,
     _lightning_session,
     _read_csv,
     fit_classifier,
+    fold_data,
     train_config,
 )
 
@@ -112,17 +112,16 @@ def run_pretraining(
             json.dumps({"classes": names, "task": "binary" if len(names) == 2 else "multiclass"})
             + "\n"
         )
-        data = CellDataModule(
+        data = fold_data(
             store_dir,
             tmp / "split.csv",
+            tmp / "classes.json",
             SPLIT_FOLD,
             n_train,
-            batch_size=int(cfg["batch_size"]),
-            seed=seed,
-            balance_to=cfg["balance_to"],
-            image_size=image_size,
+            cfg,
+            seed,
+            image_size,
         )
-        data.setup("fit")
         L.seed_everything(seed, workers=True, verbose=False)
         module = CellClassifier(model_cfg, len(names), image_size, cfg, names, seed)
         history = EpochHistory(SPLIT_FOLD, n_train)
