@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -30,11 +29,11 @@ from fewcells.train import (
     INDEX_COLUMNS,
     CellClassifier,
     EpochHistory,
-    _device_name,
     _lightning_session,
     _read_csv,
     fit_classifier,
     fold_data,
+    run_costs,
     train_config,
 )
 
@@ -142,14 +141,7 @@ def run_pretraining(
             "best_epoch": best["epoch"],
             "best_val_loss": float(checkpoint.best_model_score),
             "best_val_accuracy": best["val_accuracy"],
-            "seconds": time.perf_counter() - started,
-            "fit_seconds": fit_seconds,
-            "image_steps_per_second": len(data.splits["train"]) * len(history.rows) / fit_seconds,
-            "device": _device_name(trainer.strategy.root_device),
-            "threads": torch.get_num_threads(),
-            "seed": seed,
-            "n_parameters": sum(p.numel() for p in module.model.parameters()),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **run_costs(module, data, history, trainer, started, fit_seconds, seed),
         }
         (tmp / "train_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     print(f"pretrain: {json.dumps(info)}", file=sys.stderr)

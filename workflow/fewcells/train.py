@@ -666,6 +666,28 @@ def fit_classifier(
     return trainer, checkpoint, head["seconds"] + seconds, {HEAD_PHASE: head, FINETUNE_PHASE: tuned}
 
 
+def run_costs(
+    module: CellClassifier,
+    data: CellDataModule,
+    history: EpochHistory,
+    trainer: L.Trainer,
+    started: float,
+    fit_seconds: float,
+    seed: int,
+) -> dict:
+    """train_info's cost and provenance fields of a finished fit (training and pretraining)."""
+    return {
+        "seconds": time.perf_counter() - started,
+        "fit_seconds": fit_seconds,
+        "image_steps_per_second": len(data.splits["train"]) * len(history.rows) / fit_seconds,
+        "device": _device_name(trainer.strategy.root_device),
+        "threads": torch.get_num_threads(),
+        "seed": seed,
+        "n_parameters": sum(p.numel() for p in module.model.parameters()),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
 def fold_data(
     store_dir: str | os.PathLike,
     folds_csv: str | os.PathLike,
@@ -745,14 +767,7 @@ def run_training(
             "epochs_run": len(history.rows),
             "best_epoch": best["epoch"],
             "best_val_loss": float(checkpoint.best_model_score),
-            "seconds": time.perf_counter() - started,
-            "fit_seconds": fit_seconds,
-            "image_steps_per_second": len(data.splits["train"]) * len(history.rows) / fit_seconds,
-            "device": _device_name(trainer.strategy.root_device),
-            "threads": torch.get_num_threads(),
-            "seed": seed,
-            "n_parameters": sum(p.numel() for p in module.model.parameters()),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            **run_costs(module, data, history, trainer, started, fit_seconds, seed),
         }
         if phases is not None:
             info |= {"weights": model_cfg.get("weights"), "phases": phases}
