@@ -35,6 +35,7 @@ from torch.func import stack_module_state
 from fewcells.atomic import atomic_path
 from fewcells.errors import FewcellsError
 from fewcells.model import PaperCNN, to_model_input
+from fewcells.runtime import keep_freed_memory, unfilled_new_memory
 from fewcells.train import (
     EVAL_BATCH_SIZE,
     OPTIMIZERS,
@@ -170,8 +171,10 @@ def _deterministic(device: torch.device) -> Iterator[None]:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
+    keep_freed_memory()
     try:
-        yield
+        with unfilled_new_memory():
+            yield
     finally:
         torch.use_deterministic_algorithms(previous[0])
         torch.backends.cudnn.benchmark = previous[1]

@@ -37,6 +37,7 @@ from fewcells.atomic import atomic_path
 from fewcells.augment import BatchAugment
 from fewcells.errors import FewcellsError
 from fewcells.model import build_model, to_model_input
+from fewcells.runtime import keep_freed_memory, unfilled_new_memory
 
 DEFAULT_TRAIN_CONFIG: dict = {
     "optimizer": "rmsprop",
@@ -120,7 +121,7 @@ class IndexedImages(Dataset):
     def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.rows[indices]
         if isinstance(self.images, torch.Tensor):
-            batch = self.images[torch.from_numpy(rows)]
+            batch = self.images.index_select(0, torch.from_numpy(rows))
         else:
             batch = torch.from_numpy(np.asarray(self.images[rows]))
         return batch, self.targets[indices]
@@ -373,11 +374,21 @@ class CellClassifier(L.LightningModule):
     def on_fit_start(self) -> None:
         self._augment_generator = torch.Generator(device=self.device).manual_seed(self.hparams.seed)
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch_loss_sum = torch.zeros((), device=self.device)
+        self._epoch_images = 0
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         images, targets = batch
         logits = self(self.augment(to_model_input(images), self._augment_generator))
         loss = F.cross_entropy(logits, targets)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(targets))
+        # The epoch's mean loss (weighted by batch size, as Lightning's epoch mean), logged
+        # once at the epoch's last batch: logging every step cost 1.4 ms of a 30 ms CPU step.
+        self._epoch_loss_sum = self._epoch_loss_sum + loss.detach() * len(targets)
+        self._epoch_images += len(targets)
+        if batch_idx == self.trainer.num_training_batches - 1:
+            epoch_loss = self._epoch_loss_sum / self._epoch_images
+            self.log("train_loss", epoch_loss, on_step=False, on_epoch=True, batch_size=1)
         return loss
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
@@ -487,11 +498,12 @@ class EpochHistory(L.Callback):
 @contextlib.contextmanager
 def _lightning_session() -> Iterator[None]:
     """Quiet Lightning (info chatter; the few-workers and eval-mode warnings: num_workers=0
-    and frozen BatchNorm are deliberate) and undo its process-wide deterministic-algorithms
-    switch afterwards."""
+    and frozen BatchNorm are deliberate), make training steps cheaper (fewcells.runtime) and
+    undo Lightning's process-wide deterministic-algorithms switch afterwards."""
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     levels = [logger.level for logger in loggers]
     deterministic = torch.are_deterministic_algorithms_enabled()
+    keep_freed_memory()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         # Lightning's SLURM detection: jobs run by Snakemake's SLURM executor start on their own.
@@ -506,7 +518,8 @@ def _lightning_session() -> Iterator[None]:
         for logger in loggers:
             logger.setLevel(logging.WARNING)
         try:
-            yield
+            with unfilled_new_memory():
+                yield
         finally:
             for logger, level in zip(loggers, levels, strict=True):
                 logger.setLevel(level)
