@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 
+from fewcells import benchmark
 from fewcells.benchmark import (
     plain_loop,
     sweep_cost,
@@ -78,3 +79,31 @@ def test_sweep_cost_reads_every_training(tmp_path):
 def test_sweep_cost_names_an_empty_folder(tmp_path):
     with pytest.raises(FewcellsError, match="train_info.json"):
         sweep_cost(tmp_path, cores=2)
+
+
+def test_repeated_training_benchmark_reports_medians_of_alternating_runs(monkeypatch, capsys):
+    calls = []
+    plain_rates, workflow_rates = iter([100.0, 300.0, 200.0]), iter([150.0, 330.0, 450.0])
+
+    def fake_plain(root, **kw):
+        calls.append("plain")
+        return {"image_steps": next(plain_rates), "seconds": 1.0}
+
+    def fake_workflow(root, **kw):
+        calls.append("workflow")
+        return {"image_steps": next(workflow_rates), "seconds": 1.0, "peak_rss_mb": 10.0}
+
+    monkeypatch.setattr(benchmark, "write_synthetic_experiment", lambda root: None)
+    monkeypatch.setattr(benchmark, "plain_loop", fake_plain)
+    monkeypatch.setattr(benchmark, "workflow_path", fake_workflow)
+    result = benchmark.benchmark_training(cores=2, model_name="resnet18", repeats=3)
+    assert calls == ["plain", "workflow"] * 3
+    assert result["plain_loop_image_steps_per_s"] == 200.0
+    assert result["workflow_image_steps_per_s"] == 330.0
+    assert result["speedup"] == 1.65
+    assert "median of 3: 100.0-300.0" in capsys.readouterr().out
+
+
+def test_training_benchmark_needs_one_repeat():
+    with pytest.raises(FewcellsError, match="--repeats"):
+        benchmark.benchmark_training(repeats=0)

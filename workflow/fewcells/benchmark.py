@@ -191,42 +191,70 @@ def stacked_path(root: Path, *, size: int, epochs: int, threads: int, folds: int
     }
 
 
+def _range_note(rates: list[float]) -> str:
+    """' (median of N: low-high)' for repeated measurements, '' for one."""
+    if len(rates) == 1:
+        return ""
+    return f" (median of {len(rates)}: {min(rates):.1f}-{max(rates):.1f})"
+
+
 def benchmark_training(
-    *, size: int = 100, epochs: int = 30, cores: int | None = None, model_name: str = "paper_cnn"
+    *,
+    size: int = 100,
+    epochs: int = 30,
+    cores: int | None = None,
+    model_name: str = "paper_cnn",
+    repeats: int = 1,
 ) -> dict:
-    """Workflow training path vs plain loop on `cores` cores; prints and returns the numbers."""
+    """Workflow training path vs plain loop on `cores` cores; prints and returns the numbers.
+
+    With `repeats` > 1 the two are measured alternately that many times (a shared machine's
+    speed drifts) and the medians are reported, with each one's range.
+    """
+    if repeats < 1:
+        raise FewcellsError(f"benchmark training: --repeats must be at least 1, not {repeats}")
     cores = cores or os.cpu_count() or 1
+    plain_rates, workflow_rates, peaks = [], [], []
     with tempfile.TemporaryDirectory(prefix="fewcells-bench-") as tmp:
         root = Path(tmp)
         write_synthetic_experiment(root)
-        plain = plain_loop(root, size=size, epochs=epochs, threads=cores, model_name=model_name)
-        workflow = workflow_path(
-            root, size=size, epochs=epochs, processes=cores, model_name=model_name
-        )
+        for _ in range(repeats):
+            plain = plain_loop(root, size=size, epochs=epochs, threads=cores, model_name=model_name)
+            workflow = workflow_path(
+                root, size=size, epochs=epochs, processes=cores, model_name=model_name
+            )
+            plain_rates.append(plain["image_steps"] / plain["seconds"])
+            workflow_rates.append(workflow["image_steps"] / workflow["seconds"])
+            peaks.append(workflow["peak_rss_mb"])
         stacked = (
             stacked_path(root, size=size, epochs=epochs, threads=cores)
             if model_name == "paper_cnn"
             else None
         )
-    plain_rate = plain["image_steps"] / plain["seconds"]
-    workflow_rate = workflow["image_steps"] / workflow["seconds"]
+    plain_rate, workflow_rate = float(np.median(plain_rates)), float(np.median(workflow_rates))
     result = {
         "model": model_name,
         "cores": cores,
         "training_size": size,
         "epochs": epochs,
+        "repeats": repeats,
         "plain_loop_image_steps_per_s": round(plain_rate, 1),
         "workflow_image_steps_per_s": round(workflow_rate, 1),
+        "plain_loop_runs": [round(rate, 1) for rate in plain_rates],
+        "workflow_runs": [round(rate, 1) for rate in workflow_rates],
         "speedup": round(workflow_rate / plain_rate, 2),
-        "training_job_peak_rss_mb": round(workflow["peak_rss_mb"]),
+        "training_job_peak_rss_mb": round(max(peaks)),
     }
+
     print(
         f"training throughput, {model_name}, 257 px, batch 5, n = {size}, {epochs} epochs, "
         f"{cores} cores:\n"
-        f"  plain PyTorch loop, 1 process x {cores} threads: {plain_rate:8.1f} image-steps/s\n"
-        f"  workflow path, {cores} jobs x 1 thread:          {workflow_rate:8.1f} image-steps/s\n"
+        f"  plain PyTorch loop, 1 process x {cores} threads: {plain_rate:8.1f} image-steps/s"
+        f"{_range_note(plain_rates)}\n"
+        f"  workflow path, {cores} jobs x 1 thread:          {workflow_rate:8.1f} image-steps/s"
+        f"{_range_note(workflow_rates)}\n"
         f"  ratio workflow / plain: {result['speedup']:.2f}x; peak memory of one training job: "
-        f"{workflow['peak_rss_mb']:.0f} MB"
+        f"{max(peaks):.0f} MB"
     )
     if stacked is not None:
         stacked_rate = stacked["image_steps"] / stacked["seconds"]

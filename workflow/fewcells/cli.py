@@ -294,7 +294,11 @@ def cmd_benchmark(args) -> None:
 
     if args.what == "training":
         result = benchmark.benchmark_training(
-            size=args.size, epochs=args.epochs, cores=args.cores, model_name=args.model
+            size=args.size,
+            epochs=args.epochs,
+            cores=args.cores,
+            model_name=args.model,
+            repeats=args.repeats,
         )
     elif args.what == "workflow":
         repo = Path.cwd()
@@ -495,6 +499,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=100, help="training: training-set size")
     p.add_argument("--model", default="paper_cnn", help="training: model.name to measure")
     p.add_argument("--epochs", type=int, default=30, help="training: epochs per measurement")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="training: plain/workflow pairs; medians reported"
+    )
     p.add_argument("--images", type=int, default=20000, help="dedup: number of images")
     p.add_argument("--configfile", type=Path, nargs="+", help="workflow: configs (demo)")
     p.add_argument("--workdir", type=Path, help="workflow: run (and keep the results) here")
