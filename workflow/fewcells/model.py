@@ -16,6 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
+from fewcells.conv_pool import conv_pool, fused_applies
 from fewcells.errors import FewcellsError
 
 PAPER_FILTERS = (4, 8, 8, 8, 16, 16)
@@ -35,10 +36,14 @@ MIN_IMAGE_SIZE = next(s for s in range(3, 1000) if _size_after_blocks(s, len(PAP
 class PaperCNN(nn.Module):
     """Schouten et al. 2021: six conv3x3(valid)+ReLU+maxpool2 blocks, Dense 32 ReLU, Dense logits.
 
-    Input: float (B, in_channels, H, W) in [0, 1] (pixels / 255). `forward` returns logits;
-    softmax is applied outside. `embed` returns the 32-d hidden layer after its ReLU.
-    Each block pools before its ReLU: max pooling commutes with the monotone ReLU, so values
-    and gradients are exactly those of conv-ReLU-pool, with the ReLU on 4x fewer pixels.
+    Input: float (B, in_channels, H, W) in [0, 1] (pixels / 255), any memory layout (the
+    layers run channels-last). `forward` returns logits; softmax is applied outside. `embed`
+    returns the 32-d hidden layer after its ReLU. Each block pools before its ReLU: max pooling
+    commutes with the monotone ReLU, so values and gradients are exactly those of
+    conv-ReLU-pool, with the ReLU on 4x fewer pixels. With `fused_first_block` set, the first
+    convolution and its pooling run as one compiled CPU kernel (fewcells.conv_pool) wherever
+    it applies (a CPU input that needs no gradient, so not for saliency or LRP); the results
+    equal PyTorch's up to float rounding.
     """
 
     def __init__(
@@ -61,10 +66,17 @@ class PaperCNN(nn.Module):
         self.hidden = nn.Linear(channels * side * side, hidden)
         self.hidden_activation = nn.ReLU()
         self.classifier = nn.Linear(hidden, n_classes)
+        self.fused_first_block = False
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        """The flattened output of the six blocks."""
+        if self.fused_first_block and fused_applies(x, self.features[0]):
+            return self.features[2:](conv_pool(x, self.features[0]))
+        return self.features(x.contiguous(memory_format=torch.channels_last))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The hidden-layer activations (B, hidden), after ReLU: the layer used for tSNE."""
-        return self.hidden_activation(self.hidden(self.features(x)))
+        return self.hidden_activation(self.hidden(self._features(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits (B, n_classes)."""
@@ -181,7 +193,7 @@ class TorchvisionNet(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, width) of the last kept stage: the layer used for tSNE."""
-        x = (x - self.mean) / self.std
+        x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         for stage in self._stages:
             for module in stage:
                 x = module(x)

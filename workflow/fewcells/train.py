@@ -35,8 +35,9 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from fewcells.atomic import atomic_path
 from fewcells.augment import BatchAugment
+from fewcells.conv_pool import load_kernel
 from fewcells.errors import FewcellsError
-from fewcells.model import build_model, to_model_input
+from fewcells.model import PaperCNN, build_model, to_model_input
 from fewcells.runtime import keep_freed_memory, unfilled_new_memory
 
 DEFAULT_TRAIN_CONFIG: dict = {
@@ -51,6 +52,7 @@ DEFAULT_TRAIN_CONFIG: dict = {
     "threads": 1,
     "accelerator": "auto",
     "precision": "32-true",
+    "fused_first_block": True,
     "balance_to": None,
     "finetune": None,
     "augment": {
@@ -314,6 +316,9 @@ class CellClassifier(L.LightningModule):
         self.save_hyperparameters()
         self.train_cfg = train_config(train_cfg)
         self.model = build_model(model_cfg, n_classes, image_size)
+        if isinstance(self.model, PaperCNN) and self.train_cfg["fused_first_block"]:
+            self.model.fused_first_block = True
+            load_kernel()  # built (once per machine) now, not inside the timed fit
         augment = self.train_cfg["augment"]
         self.augment = BatchAugment(
             flips=augment["flips"],
@@ -369,7 +374,7 @@ class CellClassifier(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for float images (B, C, H, W) in [0, 1]."""
-        return self.model(x.contiguous(memory_format=torch.channels_last))
+        return self.model(x)
 
     def on_fit_start(self) -> None:
         self._augment_generator = torch.Generator(device=self.device).manual_seed(self.hparams.seed)
@@ -410,8 +415,7 @@ class CellClassifier(L.LightningModule):
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> dict[str, torch.Tensor]:
         images, _ = batch
-        x = to_model_input(images).contiguous(memory_format=torch.channels_last)
-        embedding = self.model.embed(x)
+        embedding = self.model.embed(to_model_input(images))
         logits = self.model.classifier(embedding)
         return {
             "probabilities": torch.softmax(logits.float(), dim=1),
@@ -679,6 +683,14 @@ def fit_classifier(
     return trainer, checkpoint, head["seconds"] + seconds, {HEAD_PHASE: head, FINETUNE_PHASE: tuned}
 
 
+def _first_block_kernel(model: nn.Module, device: torch.device) -> str:
+    """How the paper CNN's first conv + pool ran: the fused CPU kernel or PyTorch's layers."""
+    if not (isinstance(model, PaperCNN) and model.fused_first_block) or device.type != "cpu":
+        return "pytorch"
+    kernel, how = load_kernel()
+    return how if kernel is not None else f"pytorch: fused kernel {how}"
+
+
 def run_costs(
     module: CellClassifier,
     data: CellDataModule,
@@ -689,11 +701,13 @@ def run_costs(
     seed: int,
 ) -> dict:
     """train_info's cost and provenance fields of a finished fit (training and pretraining)."""
+    device = trainer.strategy.root_device
     return {
         "seconds": time.perf_counter() - started,
         "fit_seconds": fit_seconds,
         "image_steps_per_second": len(data.splits["train"]) * len(history.rows) / fit_seconds,
-        "device": _device_name(trainer.strategy.root_device),
+        "device": _device_name(device),
+        "first_block": _first_block_kernel(module.model, device),
         "threads": torch.get_num_threads(),
         "seed": seed,
         "n_parameters": sum(p.numel() for p in module.model.parameters()),

@@ -31,7 +31,15 @@ BENCHMARKS = f"{RESULTS}/benchmarks"
 PRETRAINED = f"{RESULTS}/pretrained"
 PACKAGE = Path(workflow.basedir) / "workflow" / "fewcells"
 TRAINING_CODE = [
-    str(PACKAGE / name) for name in ("model.py", "augment.py", "train.py", "stacked.py")
+    str(PACKAGE / name)
+    for name in (
+        "model.py",
+        "augment.py",
+        "train.py",
+        "stacked.py",
+        "conv_pool.py",
+        "kernels/conv_pool.cpp",
+    )
 ]
 PRETRAINING_CODE = TRAINING_CODE + [str(PACKAGE / "pretrain.py")]
 
