@@ -16,8 +16,8 @@ import torch
 import torchvision
 from torch import nn
 
-from fewcells.conv_pool import conv_pool, fused_applies
 from fewcells.errors import FewcellsError
+from fewcells.paper_stem import fused_applies, paper_stem
 
 PAPER_FILTERS = (4, 8, 8, 8, 16, 16)
 
@@ -40,10 +40,10 @@ class PaperCNN(nn.Module):
     layers run channels-last). `forward` returns logits; softmax is applied outside. `embed`
     returns the 32-d hidden layer after its ReLU. Each block pools before its ReLU: max pooling
     commutes with the monotone ReLU, so values and gradients are exactly those of
-    conv-ReLU-pool, with the ReLU on 4x fewer pixels. With `fused_first_block` set, the first
-    convolution and its pooling run as one compiled CPU kernel (fewcells.conv_pool) wherever
-    it applies (a CPU input that needs no gradient, so not for saliency or LRP); the results
-    equal PyTorch's up to float rounding.
+    conv-ReLU-pool, with the ReLU on 4x fewer pixels. With `fused_cpu_kernel` set, the first
+    two blocks run as one compiled CPU kernel (fewcells.paper_stem) wherever it applies (a CPU
+    input that needs no gradient, so not for saliency or LRP); the results equal PyTorch's up
+    to float rounding.
     """
 
     def __init__(
@@ -66,12 +66,13 @@ class PaperCNN(nn.Module):
         self.hidden = nn.Linear(channels * side * side, hidden)
         self.hidden_activation = nn.ReLU()
         self.classifier = nn.Linear(hidden, n_classes)
-        self.fused_first_block = False
+        self.fused_cpu_kernel = False
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """The flattened output of the six blocks."""
-        if self.fused_first_block and fused_applies(x, self.features[0]):
-            return self.features[2:](conv_pool(x, self.features[0]))
+        conv1, conv2 = self.features[0], self.features[3]
+        if self.fused_cpu_kernel and fused_applies(x, conv1, conv2):
+            return self.features[5:](paper_stem(x, conv1, conv2))
         return self.features(x.contiguous(memory_format=torch.channels_last))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

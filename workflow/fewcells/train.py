@@ -35,9 +35,9 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from fewcells.atomic import atomic_path
 from fewcells.augment import BatchAugment
-from fewcells.conv_pool import load_kernel
 from fewcells.errors import FewcellsError
 from fewcells.model import PaperCNN, build_model, to_model_input
+from fewcells.paper_stem import load_kernel
 from fewcells.runtime import keep_freed_memory, unfilled_new_memory
 
 DEFAULT_TRAIN_CONFIG: dict = {
@@ -52,7 +52,7 @@ DEFAULT_TRAIN_CONFIG: dict = {
     "threads": 1,
     "accelerator": "auto",
     "precision": "32-true",
-    "fused_first_block": True,
+    "fused_cpu_kernel": True,
     "balance_to": None,
     "finetune": None,
     "augment": {
@@ -316,8 +316,8 @@ class CellClassifier(L.LightningModule):
         self.save_hyperparameters()
         self.train_cfg = train_config(train_cfg)
         self.model = build_model(model_cfg, n_classes, image_size)
-        if isinstance(self.model, PaperCNN) and self.train_cfg["fused_first_block"]:
-            self.model.fused_first_block = True
+        if isinstance(self.model, PaperCNN) and self.train_cfg["fused_cpu_kernel"]:
+            self.model.fused_cpu_kernel = True
             load_kernel()  # built (once per machine) now, not inside the timed fit
         augment = self.train_cfg["augment"]
         self.augment = BatchAugment(
@@ -683,9 +683,9 @@ def fit_classifier(
     return trainer, checkpoint, head["seconds"] + seconds, {HEAD_PHASE: head, FINETUNE_PHASE: tuned}
 
 
-def _first_block_kernel(model: nn.Module, device: torch.device) -> str:
-    """How the paper CNN's first conv + pool ran: the fused CPU kernel or PyTorch's layers."""
-    if not (isinstance(model, PaperCNN) and model.fused_first_block) or device.type != "cpu":
+def _cpu_kernel(model: nn.Module, device: torch.device) -> str:
+    """How the paper CNN's first two blocks ran: the fused CPU kernel or PyTorch's layers."""
+    if not (isinstance(model, PaperCNN) and model.fused_cpu_kernel) or device.type != "cpu":
         return "pytorch"
     kernel, how = load_kernel()
     return how if kernel is not None else f"pytorch: fused kernel {how}"
@@ -707,7 +707,7 @@ def run_costs(
         "fit_seconds": fit_seconds,
         "image_steps_per_second": len(data.splits["train"]) * len(history.rows) / fit_seconds,
         "device": _device_name(device),
-        "first_block": _first_block_kernel(module.model, device),
+        "cpu_kernel": _cpu_kernel(module.model, device),
         "threads": torch.get_num_threads(),
         "seed": seed,
         "n_parameters": sum(p.numel() for p in module.model.parameters()),

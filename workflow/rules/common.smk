@@ -37,8 +37,8 @@ TRAINING_CODE = [
         "augment.py",
         "train.py",
         "stacked.py",
-        "conv_pool.py",
-        "kernels/conv_pool.cpp",
+        "paper_stem.py",
+        "kernels/paper_stem.cpp",
     )
 ]
 PRETRAINING_CODE = TRAINING_CODE + [str(PACKAGE / "pretrain.py")]

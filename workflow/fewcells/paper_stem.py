@@ -1,15 +1,14 @@
-"""The paper CNN's first block (3x3 conv 3 -> 4 channels, 2x2 max pool) as one CPU kernel.
+"""The paper CNN's first two blocks (conv 3 -> 4, pool, ReLU, conv 4 -> 8, pool) as one CPU kernel.
 
-On a CPU that block is half of a training step in PyTorch: its convolution writes a
-full-resolution 4-channel map that max pooling reads again, and pooling's backward scatters
-into a zeroed full-resolution gradient before the weight gradient is computed over every
-position. `kernels/conv_pool.cpp` computes the convolution two rows at a time and pools
-them in registers, and computes the weight and bias gradients from the pooled gradient and
-the input rows directly (2.5x faster for forward and backward together). It is compiled on
+On a CPU these blocks are most of a training step in PyTorch: each convolution writes a
+full-resolution map that max pooling reads again, and pooling's backward scatters into a
+zeroed full-resolution gradient that the convolution's backward then reads in full.
+`kernels/paper_stem.cpp` computes each convolution two rows at a time and pools them in
+registers, and computes the gradients from the pooled gradient directly. It is compiled on
 first use with the machine's C++ compiler (torch.utils.cpp_extension, about 30 s; cached in
-TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions, one build per CPU instruction set, Python,
-torch and source version). Where it cannot be compiled, `conv_pool` is None and callers use
-PyTorch's layers.
+TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions, one build per CPU instruction set,
+Python, torch and source version). Where it cannot be compiled, `load_kernel` says why and
+callers use PyTorch's layers.
 """
 
 from __future__ import annotations
@@ -29,21 +28,21 @@ from types import ModuleType
 
 import torch
 
-SOURCE = Path(__file__).with_name("kernels") / "conv_pool.cpp"
+SOURCE = Path(__file__).with_name("kernels") / "paper_stem.cpp"
 # gcc flags for the instruction sets torch itself dispatches to on this CPU
 _ISA_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx2", "-mfma"],
     "AVX2": ["-mavx2", "-mfma"],
 }
-WEIGHT_SHAPE = (4, 3, 3, 3)
-MIN_WIDTH = 18  # the kernel's 16-column vectors
+WEIGHT_SHAPES = ((4, 3, 3, 3), (8, 4, 3, 3))
+MIN_SIZE = 38  # the second block's 16-column vectors
 
 
 def _build_name(flags: list[str]) -> str:
     """Extension name: one build per instruction set, Python, torch and source version."""
     key = "\n".join([SOURCE.read_text(), torch.__version__, sys.version, *flags])
     capability = torch.backends.cpu.get_cpu_capability().lower()
-    return f"fewcells_conv_pool_{capability}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    return f"fewcells_paper_stem_{capability}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def _put_ninja_on_path() -> None:
@@ -96,44 +95,44 @@ def load_kernel() -> tuple[ModuleType | None, str]:
     return module, f"compiled kernel ({capability})"
 
 
-class _ConvPoolFunction(torch.autograd.Function):
-    """Autograd of the fused kernel: gradients for the weight and bias, not for the input."""
+class _PaperStemFunction(torch.autograd.Function):
+    """Autograd of the fused kernel: gradients for the weights and biases, not the input."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x, weight1, bias1, weight2, bias2) -> torch.Tensor:
         kernel, _ = load_kernel()
-        pooled, argmax = kernel.forward(x, weight, bias)
-        ctx.save_for_backward(x, argmax)
-        return pooled
+        pooled2, argmax2, pooled1, argmax1 = kernel.forward(x, weight1, bias1, weight2, bias2)
+        ctx.save_for_backward(x, pooled1, argmax1, argmax2, weight1, weight2)
+        return pooled2.contiguous(memory_format=torch.channels_last)
 
     @staticmethod
-    def backward(ctx, grad_pooled: torch.Tensor):
+    def backward(ctx, grad_pooled2: torch.Tensor):
         if ctx.needs_input_grad[0]:
-            raise RuntimeError("conv_pool: the fused kernel has no input gradient")
-        x, argmax = ctx.saved_tensors
+            raise RuntimeError("paper_stem: the fused kernel has no input gradient")
+        x, pooled1, argmax1, argmax2, weight1, weight2 = ctx.saved_tensors
         kernel, _ = load_kernel()
-        grad_weight, grad_bias = kernel.backward(grad_pooled, x, argmax)
-        return None, grad_weight, grad_bias
+        grads = kernel.backward(grad_pooled2, x, pooled1, argmax1, argmax2, weight1, weight2)
+        return None, *grads
 
 
-def fused_applies(x: torch.Tensor, conv: torch.nn.Conv2d) -> bool:
-    """Whether `conv` followed by 2x2 max pooling of `x` can run as the fused kernel here:
-    a float32 CPU input that needs no gradient, a 3 -> 4 channel 3x3 convolution, and the
+def fused_applies(x: torch.Tensor, conv1: torch.nn.Conv2d, conv2: torch.nn.Conv2d) -> bool:
+    """Whether the paper CNN's first two blocks (`conv1`, `conv2`) can run on `x` as the fused
+    kernel here: a float32 CPU input that needs no gradient, the paper's filter counts, and the
     kernel compiled."""
+    convs = (conv1, conv2)
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and not x.requires_grad
         and x.dim() == 4
-        and x.shape[-1] >= MIN_WIDTH
-        and x.shape[-2] >= 4
-        and tuple(conv.weight.shape) == WEIGHT_SHAPE
-        and conv.weight.dtype == torch.float32
-        and conv.bias is not None
+        and min(x.shape[-2:]) >= MIN_SIZE
+        and tuple(tuple(conv.weight.shape) for conv in convs) == WEIGHT_SHAPES
+        and all(conv.weight.dtype == torch.float32 and conv.bias is not None for conv in convs)
         and load_kernel()[0] is not None
     )
 
 
-def conv_pool(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
-    """max_pool2d(conv(x), 2) by the fused kernel (check `fused_applies` first); channels-last."""
-    return _ConvPoolFunction.apply(x, conv.weight, conv.bias)
+def paper_stem(x: torch.Tensor, conv1: torch.nn.Conv2d, conv2: torch.nn.Conv2d) -> torch.Tensor:
+    """pool(conv2(relu(pool(conv1(x))))) by the fused kernel, channels-last (check
+    `fused_applies` first)."""
+    return _PaperStemFunction.apply(x, conv1.weight, conv1.bias, conv2.weight, conv2.bias)

@@ -1,0 +1,272 @@
+// The paper CNN's first two blocks on the CPU, fused: 3x3 valid convolution (3 -> 4 channels),
+// 2x2 max pooling, ReLU, 3x3 valid convolution (4 -> 8 channels), 2x2 max pooling; and the
+// weight and bias gradients of both convolutions.
+//
+// Each block computes two convolution rows at a time, 16 columns per vector, and pools them
+// without writing the full-resolution output; it keeps the position of the maximum in each
+// window (0..3 in row-major order; the first maximum, or a NaN, wins, as in PyTorch's
+// max_pool2d). Backward puts the pooled gradient at those positions, two rows at a time, and
+// correlates it with the input rows (weight gradient) and with the weights (the second block's
+// input gradient). The network input gets no gradient: it is data. Sums run in a fixed order
+// (per image in float lanes, over images in double), so results do not depend on the number
+// of threads. All tensors are planar (N, C, H, W) and contiguous.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int kLanes = 16;
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+
+inline Vec load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(Vec));
+  return v;
+}
+
+inline void store(float* p, Vec v) { std::memcpy(p, &v, sizeof(Vec)); }
+
+inline Vec splat(float x) { return Vec{} + x; }
+
+inline Vec relu(Vec v) { return v > 0.0f ? v : 0.0f; }
+
+template <int CIN>
+inline int weight_index(int o, int i, int ky, int kx) {
+  return ((o * CIN + i) * 3 + ky) * 3 + kx;
+}
+
+// One block's geometry: input (H, W), pooled output (PH, PW), convolution columns used 2 * PW.
+struct Shape {
+  int H, W, PH, PW, used;
+  Shape(int h, int w) : H(h), W(w), PH((h - 2) / 2), PW((w - 2) / 2), used(2 * ((w - 2) / 2)) {}
+  int64_t in_plane() const { return static_cast<int64_t>(H) * W; }
+  int64_t out_plane() const { return static_cast<int64_t>(PH) * PW; }
+};
+
+// Convolution rows 2 * ph and 2 * ph + 1 of one image (CIN, H, W) into rows[r][o][c] (row
+// stride s.used); with RELU the input is read through a ReLU. The last 16-column chunk
+// overlaps the one before it.
+template <int CIN, int COUT, bool RELU>
+void conv_two_rows(const float* image, const Shape& s, int ph, const float* w, const float* b,
+                   float* rows) {
+  const int last = s.used - kLanes;
+  for (int c0 = 0;; c0 += kLanes) {
+    c0 = std::min(c0, last);
+    Vec top[COUT], bottom[COUT];
+    for (int o = 0; o < COUT; ++o) top[o] = bottom[o] = splat(b[o]);
+    for (int i = 0; i < CIN; ++i)
+      for (int ky = 0; ky < 3; ++ky) {
+        const float* src = image + i * s.in_plane() + static_cast<int64_t>(2 * ph + ky) * s.W + c0;
+        for (int kx = 0; kx < 3; ++kx) {
+          Vec upper = load(src + kx), lower = load(src + s.W + kx);
+          if (RELU) upper = relu(upper), lower = relu(lower);
+          for (int o = 0; o < COUT; ++o) {
+            const float wk = w[weight_index<CIN>(o, i, ky, kx)];
+            top[o] += upper * wk;
+            bottom[o] += lower * wk;
+          }
+        }
+      }
+    for (int o = 0; o < COUT; ++o) {
+      store(rows + o * s.used + c0, top[o]);
+      store(rows + (COUT + o) * s.used + c0, bottom[o]);
+    }
+    if (c0 == last) break;
+  }
+}
+
+// One block, forward, for one image: pooled (COUT, PH, PW) and argmax (COUT, PH, PW).
+template <int CIN, int COUT, bool RELU>
+void block_forward(const float* image, const Shape& s, const float* w, const float* b,
+                   float* pooled, uint8_t* argmax, std::vector<float>& rows) {
+  rows.resize(2 * COUT * s.used);
+  for (int ph = 0; ph < s.PH; ++ph) {
+    conv_two_rows<CIN, COUT, RELU>(image, s, ph, w, b, rows.data());
+    for (int o = 0; o < COUT; ++o) {
+      const float* top = rows.data() + o * s.used;
+      const float* bottom = rows.data() + (COUT + o) * s.used;
+      float* out = pooled + o * s.out_plane() + static_cast<int64_t>(ph) * s.PW;
+      uint8_t* where = argmax + o * s.out_plane() + static_cast<int64_t>(ph) * s.PW;
+      for (int pw = 0; pw < s.PW; ++pw) {
+        const float candidates[3] = {top[2 * pw + 1], bottom[2 * pw], bottom[2 * pw + 1]};
+        float value = top[2 * pw];
+        uint8_t k = 0;
+        for (int j = 0; j < 3; ++j) {
+          const bool take = candidates[j] > value || candidates[j] != candidates[j];
+          value = take ? candidates[j] : value;
+          k = take ? j + 1 : k;
+        }
+        out[pw] = value;
+        where[pw] = k;
+      }
+    }
+  }
+}
+
+// One block, backward, for one image: adds the weight gradient to `lanes` (COUT * CIN * 9
+// vectors), the bias gradient to `bias_sum`, and, unless `grad_input` is null, the gradient
+// with respect to the block's (ReLU'd) input to grad_input (CIN, H, W).
+template <int CIN, int COUT, bool RELU>
+void block_backward(const float* image, const Shape& s, const float* w, const float* grad,
+                    const uint8_t* argmax, Vec* lanes, double* bias_sum, float* grad_input,
+                    std::vector<float>& rows) {
+  rows.resize(2 * COUT * s.used);
+  for (int ph = 0; ph < s.PH; ++ph) {
+    std::fill(rows.begin(), rows.end(), 0.0f);
+    for (int o = 0; o < COUT; ++o) {
+      const int64_t offset = o * s.out_plane() + static_cast<int64_t>(ph) * s.PW;
+      for (int pw = 0; pw < s.PW; ++pw) {
+        const int k = argmax[offset + pw];
+        const float value = grad[offset + pw];
+        rows[((k >> 1) * COUT + o) * s.used + 2 * pw + (k & 1)] = value;
+        bias_sum[o] += value;
+      }
+    }
+    // 16-column chunks; the last one overlaps the one before, its overlap masked to zero
+    for (int c0 = 0; c0 < s.used; c0 += kLanes) {
+      const int start = std::min(c0, s.used - kLanes);
+      Vec top[COUT], bottom[COUT];
+      for (int o = 0; o < COUT; ++o) {
+        top[o] = load(rows.data() + o * s.used + start);
+        bottom[o] = load(rows.data() + (COUT + o) * s.used + start);
+        for (int l = 0; l < c0 - start; ++l) top[o][l] = bottom[o][l] = 0.0f;
+      }
+      for (int i = 0; i < CIN; ++i)
+        for (int ky = 0; ky < 3; ++ky) {
+          const int64_t row = i * s.in_plane() + static_cast<int64_t>(2 * ph + ky) * s.W + start;
+          for (int kx = 0; kx < 3; ++kx) {
+            Vec upper = load(image + row + kx), lower = load(image + row + s.W + kx);
+            if (RELU) upper = relu(upper), lower = relu(lower);
+            Vec to_upper = splat(0.0f), to_lower = splat(0.0f);
+            for (int o = 0; o < COUT; ++o) {
+              const int k = weight_index<CIN>(o, i, ky, kx);
+              lanes[k] += top[o] * upper + bottom[o] * lower;
+              to_upper += top[o] * w[k];
+              to_lower += bottom[o] * w[k];
+            }
+            if (grad_input != nullptr) {
+              store(grad_input + row + kx, load(grad_input + row + kx) + to_upper);
+              store(grad_input + row + s.W + kx, load(grad_input + row + s.W + kx) + to_lower);
+            }
+          }
+        }
+    }
+  }
+}
+
+template <int CIN, int COUT>
+void add_lanes(const std::vector<Vec>& lanes, const double* bias_sum, double* out) {
+  for (int k = 0; k < COUT * CIN * 9; ++k) {
+    double sum = 0.0;
+    for (int l = 0; l < kLanes; ++l) sum += lanes[k][l];
+    out[k] = sum;
+  }
+  for (int o = 0; o < COUT; ++o) out[COUT * CIN * 9 + o] = bias_sum[o];
+}
+
+void check(const at::Tensor& t, at::IntArrayRef sizes, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.device().is_cpu() && t.sizes() == sizes,
+              "paper_stem: ", name, " must be a float32 CPU tensor of size ", sizes, ", not ",
+              t.sizes());
+}
+
+}  // namespace
+
+// x (B, 3, H, W); returns the second block's pooled output before its ReLU (B, 8, PH2, PW2) and
+// what backward needs: its argmax, the first block's pooled output before its ReLU and argmax.
+std::vector<at::Tensor> stem_forward(const at::Tensor& input, const at::Tensor& w1,
+                                     const at::Tensor& b1, const at::Tensor& w2,
+                                     const at::Tensor& b2) {
+  TORCH_CHECK(input.dim() == 4 && input.size(1) == 3, "paper_stem: input must be (B, 3, H, W)");
+  check(input, input.sizes(), "input");
+  check(w1, {4, 3, 3, 3}, "conv1 weight");
+  check(b1, {4}, "conv1 bias");
+  check(w2, {8, 4, 3, 3}, "conv2 weight");
+  check(b2, {8}, "conv2 bias");
+  const Shape s1(input.size(2), input.size(3));
+  const Shape s2(s1.PH, s1.PW);
+  TORCH_CHECK(s2.PH >= 1 && s2.used >= kLanes, "paper_stem: images must be at least 38 x 38");
+  const at::Tensor x = input.contiguous(), w1c = w1.contiguous(), w2c = w2.contiguous();
+  const at::Tensor b1c = b1.contiguous(), b2c = b2.contiguous();
+  const int64_t batch = x.size(0);
+  at::Tensor pooled1 = at::empty({batch, 4, s1.PH, s1.PW}, x.options());
+  at::Tensor argmax1 = at::empty({batch, 4, s1.PH, s1.PW}, x.options().dtype(at::kByte));
+  at::Tensor pooled2 = at::empty({batch, 8, s2.PH, s2.PW}, x.options());
+  at::Tensor argmax2 = at::empty({batch, 8, s2.PH, s2.PW}, x.options().dtype(at::kByte));
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> rows;
+    for (int64_t n = begin; n < end; ++n) {
+      float* p1 = pooled1.data_ptr<float>() + n * 4 * s1.out_plane();
+      block_forward<3, 4, false>(x.data_ptr<float>() + n * 3 * s1.in_plane(), s1,
+                                 w1c.data_ptr<float>(), b1c.data_ptr<float>(), p1,
+                                 argmax1.data_ptr<uint8_t>() + n * 4 * s1.out_plane(), rows);
+      block_forward<4, 8, true>(p1, s2, w2c.data_ptr<float>(), b2c.data_ptr<float>(),
+                                pooled2.data_ptr<float>() + n * 8 * s2.out_plane(),
+                                argmax2.data_ptr<uint8_t>() + n * 8 * s2.out_plane(), rows);
+    }
+  });
+  return {pooled2, argmax2, pooled1, argmax1};
+}
+
+// Gradients of conv1 weight, conv1 bias, conv2 weight and conv2 bias from the gradient of
+// stem_forward's first output.
+std::vector<at::Tensor> stem_backward(const at::Tensor& grad_pooled2, const at::Tensor& input,
+                                      const at::Tensor& pooled1, const at::Tensor& argmax1,
+                                      const at::Tensor& argmax2, const at::Tensor& w1,
+                                      const at::Tensor& w2) {
+  const at::Tensor x = input.contiguous(), w1c = w1.contiguous(), w2c = w2.contiguous();
+  const at::Tensor g2 = grad_pooled2.to(at::kFloat).contiguous();
+  const Shape s1(x.size(2), x.size(3));
+  const Shape s2(s1.PH, s1.PW);
+  const int64_t batch = x.size(0);
+  check(g2, {batch, 8, s2.PH, s2.PW}, "gradient");
+  check(pooled1, {batch, 4, s1.PH, s1.PW}, "pooled1");
+  constexpr int kSize1 = 4 * 3 * 9 + 4, kSize2 = 8 * 4 * 9 + 8;
+  std::vector<double> per_image(batch * (kSize1 + kSize2));
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> rows, grad1(4 * s1.out_plane());
+    std::vector<Vec> lanes1(4 * 3 * 9), lanes2(8 * 4 * 9);
+    for (int64_t n = begin; n < end; ++n) {
+      const float* p1 = pooled1.data_ptr<float>() + n * 4 * s1.out_plane();
+      std::fill(lanes1.begin(), lanes1.end(), splat(0.0f));
+      std::fill(lanes2.begin(), lanes2.end(), splat(0.0f));
+      std::fill(grad1.begin(), grad1.end(), 0.0f);
+      double bias1[4] = {}, bias2[8] = {};
+      block_backward<4, 8, true>(p1, s2, w2c.data_ptr<float>(),
+                                 g2.data_ptr<float>() + n * 8 * s2.out_plane(),
+                                 argmax2.data_ptr<uint8_t>() + n * 8 * s2.out_plane(),
+                                 lanes2.data(), bias2, grad1.data(), rows);
+      for (int64_t k = 0; k < 4 * s1.out_plane(); ++k)
+        if (!(p1[k] > 0.0f)) grad1[k] = 0.0f;  // the ReLU between the blocks
+      block_backward<3, 4, false>(x.data_ptr<float>() + n * 3 * s1.in_plane(), s1,
+                                  w1c.data_ptr<float>(), grad1.data(),
+                                  argmax1.data_ptr<uint8_t>() + n * 4 * s1.out_plane(),
+                                  lanes1.data(), bias1, nullptr, rows);
+      double* out = per_image.data() + n * (kSize1 + kSize2);
+      add_lanes<3, 4>(lanes1, bias1, out);
+      add_lanes<4, 8>(lanes2, bias2, out + kSize1);
+    }
+  });
+  std::vector<double> total(kSize1 + kSize2, 0.0);
+  for (int64_t n = 0; n < batch; ++n)
+    for (int k = 0; k < kSize1 + kSize2; ++k) total[k] += per_image[n * (kSize1 + kSize2) + k];
+  std::vector<at::Tensor> grads = {
+      at::empty({4, 3, 3, 3}, x.options()), at::empty({4}, x.options()),
+      at::empty({8, 4, 3, 3}, x.options()), at::empty({8}, x.options())};
+  auto from = total.begin();
+  for (auto& grad : grads) {
+    std::copy(from, from + grad.numel(), grad.data_ptr<float>());
+    from += grad.numel();
+  }
+  return grads;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &stem_forward, "the paper CNN's first two conv + max pool blocks");
+  m.def("backward", &stem_backward, "weight and bias gradients of forward");
+}
