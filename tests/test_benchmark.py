@@ -91,7 +91,12 @@ def test_repeated_training_benchmark_reports_medians_of_alternating_runs(monkeyp
 
     def fake_workflow(root, **kw):
         calls.append("workflow")
-        return {"image_steps": next(workflow_rates), "seconds": 1.0, "peak_rss_mb": 10.0}
+        return {
+            "image_steps": next(workflow_rates),
+            "seconds": 1.0,
+            "peak_rss_mb": 10.0,
+            "cpu_kernel": "pytorch",
+        }
 
     monkeypatch.setattr(benchmark, "write_synthetic_experiment", lambda root: None)
     monkeypatch.setattr(benchmark, "plain_loop", fake_plain)
@@ -101,7 +106,8 @@ def test_repeated_training_benchmark_reports_medians_of_alternating_runs(monkeyp
     assert result["plain_loop_image_steps_per_s"] == 200.0
     assert result["workflow_image_steps_per_s"] == 330.0
     assert result["speedup"] == 1.65
-    assert "median of 3: 100.0-300.0" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "median of 3: 100.0-300.0" in printed and "first blocks: pytorch" in printed
 
 
 def test_training_benchmark_needs_one_repeat():

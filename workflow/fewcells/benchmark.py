@@ -165,6 +165,7 @@ def workflow_path(
         "image_steps": sum(info["n_train_images"] * info["epochs_run"] for info in infos),
         "seconds": max(info["fit_seconds"] for info in infos),
         "peak_rss_mb": max(info["peak_rss_mb"] for info in infos),
+        "cpu_kernel": infos[0]["cpu_kernel"],
     }
 
 
@@ -214,7 +215,7 @@ def benchmark_training(
     if repeats < 1:
         raise FewcellsError(f"benchmark training: --repeats must be at least 1, not {repeats}")
     cores = cores or os.cpu_count() or 1
-    plain_rates, workflow_rates, peaks = [], [], []
+    plain_rates, workflow_rates, peaks, kernels = [], [], [], set()
     with tempfile.TemporaryDirectory(prefix="fewcells-bench-") as tmp:
         root = Path(tmp)
         write_synthetic_experiment(root)
@@ -226,6 +227,7 @@ def benchmark_training(
             plain_rates.append(plain["image_steps"] / plain["seconds"])
             workflow_rates.append(workflow["image_steps"] / workflow["seconds"])
             peaks.append(workflow["peak_rss_mb"])
+            kernels.add(workflow["cpu_kernel"])
         stacked = (
             stacked_path(root, size=size, epochs=epochs, threads=cores)
             if model_name == "paper_cnn"
@@ -244,6 +246,7 @@ def benchmark_training(
         "workflow_runs": [round(rate, 1) for rate in workflow_rates],
         "speedup": round(workflow_rate / plain_rate, 2),
         "training_job_peak_rss_mb": round(max(peaks)),
+        "workflow_cpu_kernel": ", ".join(sorted(kernels)),
     }
 
     print(
@@ -252,7 +255,7 @@ def benchmark_training(
         f"  plain PyTorch loop, 1 process x {cores} threads: {plain_rate:8.1f} image-steps/s"
         f"{_range_note(plain_rates)}\n"
         f"  workflow path, {cores} jobs x 1 thread:          {workflow_rate:8.1f} image-steps/s"
-        f"{_range_note(workflow_rates)}\n"
+        f"{_range_note(workflow_rates)}; first blocks: {result['workflow_cpu_kernel']}\n"
         f"  ratio workflow / plain: {result['speedup']:.2f}x; peak memory of one training job: "
         f"{max(peaks):.0f} MB"
     )

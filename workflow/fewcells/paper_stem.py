@@ -35,7 +35,7 @@ _ISA_FLAGS = {
     "AVX2": ["-mavx2", "-mfma"],
 }
 WEIGHT_SHAPES = ((4, 3, 3, 3), (8, 4, 3, 3))
-MIN_SIZE = 38  # the second block's 16-column vectors
+MIN_SIZE = 38  # the second block needs a vector (up to 16) of convolution columns
 
 
 def _build_name(flags: list[str]) -> str:

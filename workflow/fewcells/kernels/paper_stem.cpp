@@ -2,7 +2,7 @@
 // 2x2 max pooling, ReLU, 3x3 valid convolution (4 -> 8 channels), 2x2 max pooling; and the
 // weight and bias gradients of both convolutions.
 //
-// Each block computes two convolution rows at a time, 16 columns per vector, and pools them
+// Each block computes two convolution rows at a time, a vector of columns at once, and pools them
 // without writing the full-resolution output; it keeps the position of the maximum in each
 // window (0..3 in row-major order; the first maximum, or a NaN, wins, as in PyTorch's
 // max_pool2d). Backward puts the pooled gradient at those positions, two rows at a time, and
@@ -20,8 +20,32 @@
 
 namespace {
 
+// One vector register of floats: 16 with AVX-512, 8 with AVX2, 4 otherwise.
+#if defined(__AVX512F__)
 constexpr int kLanes = 16;
+#define FEWCELLS_LANE_MASKS                                                      \
+  kEven = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30},           \
+  kOdd = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31},            \
+  kLow = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23},               \
+  kHigh = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31}
+#elif defined(__AVX2__)
+constexpr int kLanes = 8;
+#define FEWCELLS_LANE_MASKS                                                      \
+  kEven = {0, 2, 4, 6, 8, 10, 12, 14}, kOdd = {1, 3, 5, 7, 9, 11, 13, 15},       \
+  kLow = {0, 8, 1, 9, 2, 10, 3, 11}, kHigh = {4, 12, 5, 13, 6, 14, 7, 15}
+#else
+constexpr int kLanes = 4;
+#define FEWCELLS_LANE_MASKS \
+  kEven = {0, 2, 4, 6}, kOdd = {1, 3, 5, 7}, kLow = {0, 4, 1, 5}, kHigh = {2, 6, 3, 7}
+#endif
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t IVec __attribute__((vector_size(kLanes * sizeof(int32_t))));
+typedef uint8_t BVec __attribute__((vector_size(kLanes)));
+
+// Lane indices into the 2 * kLanes values of two vectors: the even and the odd ones, and the
+// two halves of the interleaving of two vectors.
+constexpr IVec FEWCELLS_LANE_MASKS;
+#undef FEWCELLS_LANE_MASKS
 
 inline Vec load(const float* p) {
   Vec v;
@@ -49,7 +73,7 @@ struct Shape {
 };
 
 // Convolution rows 2 * ph and 2 * ph + 1 of one image (CIN, H, W) into rows[r][o][c] (row
-// stride s.used); with RELU the input is read through a ReLU. The last 16-column chunk
+// stride s.used); with RELU the input is read through a ReLU. The last vector-wide chunk
 // overlaps the one before it.
 template <int CIN, int COUT, bool RELU>
 void conv_two_rows(const float* image, const Shape& s, int ph, const float* w, const float* b,
@@ -90,9 +114,26 @@ void block_forward(const float* image, const Shape& s, const float* w, const flo
     for (int o = 0; o < COUT; ++o) {
       const float* top = rows.data() + o * s.used;
       const float* bottom = rows.data() + (COUT + o) * s.used;
-      float* out = pooled + o * s.out_plane() + static_cast<int64_t>(ph) * s.PW;
-      uint8_t* where = argmax + o * s.out_plane() + static_cast<int64_t>(ph) * s.PW;
-      for (int pw = 0; pw < s.PW; ++pw) {
+      const int64_t offset = o * s.out_plane() + static_cast<int64_t>(ph) * s.PW;
+      int pw = 0;
+      for (; pw + kLanes <= s.PW; pw += kLanes) {  // a vector of windows at a time
+        const Vec top0 = load(top + 2 * pw), top1 = load(top + 2 * pw + kLanes);
+        const Vec bottom0 = load(bottom + 2 * pw), bottom1 = load(bottom + 2 * pw + kLanes);
+        const Vec candidates[3] = {__builtin_shuffle(top0, top1, kOdd),
+                                   __builtin_shuffle(bottom0, bottom1, kEven),
+                                   __builtin_shuffle(bottom0, bottom1, kOdd)};
+        Vec value = __builtin_shuffle(top0, top1, kEven);
+        IVec k = IVec{};
+        for (int j = 0; j < 3; ++j) {
+          const IVec take = candidates[j] > value || candidates[j] != candidates[j];
+          value = take ? candidates[j] : value;
+          k = take ? j + 1 : k;
+        }
+        store(pooled + offset + pw, value);
+        const BVec k8 = __builtin_convertvector(k, BVec);
+        std::memcpy(argmax + offset + pw, &k8, sizeof(BVec));
+      }
+      for (; pw < s.PW; ++pw) {
         const float candidates[3] = {top[2 * pw + 1], bottom[2 * pw], bottom[2 * pw + 1]};
         float value = top[2 * pw];
         uint8_t k = 0;
@@ -101,8 +142,8 @@ void block_forward(const float* image, const Shape& s, const float* w, const flo
           value = take ? candidates[j] : value;
           k = take ? j + 1 : k;
         }
-        out[pw] = value;
-        where[pw] = k;
+        pooled[offset + pw] = value;
+        argmax[offset + pw] = k;
       }
     }
   }
@@ -116,18 +157,38 @@ void block_backward(const float* image, const Shape& s, const float* w, const fl
                     const uint8_t* argmax, Vec* lanes, double* bias_sum, float* grad_input,
                     std::vector<float>& rows) {
   rows.resize(2 * COUT * s.used);
+  Vec bias_lanes[COUT];
+  double bias_tail[COUT] = {};
+  for (int o = 0; o < COUT; ++o) bias_lanes[o] = splat(0.0f);
   for (int ph = 0; ph < s.PH; ++ph) {
-    std::fill(rows.begin(), rows.end(), 0.0f);
     for (int o = 0; o < COUT; ++o) {
       const int64_t offset = o * s.out_plane() + static_cast<int64_t>(ph) * s.PW;
-      for (int pw = 0; pw < s.PW; ++pw) {
+      float* top = rows.data() + o * s.used;
+      float* bottom = rows.data() + (COUT + o) * s.used;
+      int pw = 0;
+      for (; pw + kLanes <= s.PW; pw += kLanes) {  // a vector of windows at a time
+        const Vec value = load(grad + offset + pw);
+        BVec k8;
+        std::memcpy(&k8, argmax + offset + pw, sizeof(BVec));
+        const IVec k = __builtin_convertvector(k8, IVec);
+        const Vec zero = splat(0.0f);
+        const Vec at[4] = {k == 0 ? value : zero, k == 1 ? value : zero,
+                           k == 2 ? value : zero, k == 3 ? value : zero};
+        store(top + 2 * pw, __builtin_shuffle(at[0], at[1], kLow));
+        store(top + 2 * pw + kLanes, __builtin_shuffle(at[0], at[1], kHigh));
+        store(bottom + 2 * pw, __builtin_shuffle(at[2], at[3], kLow));
+        store(bottom + 2 * pw + kLanes, __builtin_shuffle(at[2], at[3], kHigh));
+        bias_lanes[o] += value;
+      }
+      for (; pw < s.PW; ++pw) {
         const int k = argmax[offset + pw];
         const float value = grad[offset + pw];
+        for (int j = 0; j < 4; ++j) rows[((j >> 1) * COUT + o) * s.used + 2 * pw + (j & 1)] = 0.0f;
         rows[((k >> 1) * COUT + o) * s.used + 2 * pw + (k & 1)] = value;
-        bias_sum[o] += value;
+        bias_tail[o] += value;
       }
     }
-    // 16-column chunks; the last one overlaps the one before, its overlap masked to zero
+    // vector-wide chunks; the last one overlaps the one before, its overlap masked to zero
     for (int c0 = 0; c0 < s.used; c0 += kLanes) {
       const int start = std::min(c0, s.used - kLanes);
       Vec top[COUT], bottom[COUT];
@@ -156,6 +217,10 @@ void block_backward(const float* image, const Shape& s, const float* w, const fl
           }
         }
     }
+  }
+  for (int o = 0; o < COUT; ++o) {
+    bias_sum[o] += bias_tail[o];
+    for (int l = 0; l < kLanes; ++l) bias_sum[o] += bias_lanes[o][l];
   }
 }
 
