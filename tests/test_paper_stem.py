@@ -168,5 +168,16 @@ def test_a_build_that_fails_is_reported_not_raised(monkeypatch, tmp_path):
         (tmp_path / "broken.cpp").write_text("this is not C++\n")
         module, how = paper_stem.load_kernel()
         assert module is None and how.startswith("unavailable (")
+        assert [p.name for p in tmp_path.glob("fewcells_paper_stem_*") if p.is_dir()]
+    finally:
+        paper_stem.load_kernel.cache_clear()
+
+
+def test_no_compiler_is_reported_by_name(monkeypatch, tmp_path):
+    paper_stem.load_kernel.cache_clear()
+    try:
+        monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
+        module, how = paper_stem.load_kernel()
+        assert module is None and "no C++ compiler" in how and "no-such-c++" in how
     finally:
         paper_stem.load_kernel.cache_clear()

@@ -70,10 +70,14 @@ def load_kernel() -> tuple[ModuleType | None, str]:
     finally:
         cuda_logger.setLevel(level)
     _put_ninja_on_path()
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        return None, f"unavailable (no C++ compiler {compiler!r} on PATH)"
     capability = torch.backends.cpu.get_cpu_capability()
     flags = ["-O3", *_ISA_FLAGS.get(capability, [])]
     name = _build_name(flags)
-    build_dir = Path(cpp_extension.get_default_build_root()) / name
+    build_root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    build_dir = Path(build_root) / name
     try:
         build_dir.mkdir(parents=True, exist_ok=True)
         with open(build_dir.parent / f"{name}.lock", "w") as lock:
