@@ -5,7 +5,7 @@ full-resolution map that max pooling reads again, and pooling's backward scatter
 zeroed full-resolution gradient that the convolution's backward then reads in full.
 `kernels/paper_stem.cpp` computes each convolution two rows at a time and pools them in
 registers, and computes the gradients from the pooled gradient directly. It is compiled on
-first use with the machine's C++ compiler (torch.utils.cpp_extension, about 30 s; cached in
+first use with the machine's C++ compiler (torch.utils.cpp_extension, 30-40 s; cached in
 TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions, one build per CPU instruction set,
 Python, torch and source version). Where it cannot be compiled, `load_kernel` says why and
 callers use PyTorch's layers.
@@ -84,8 +84,7 @@ def load_kernel() -> tuple[ModuleType | None, str]:
             fcntl.flock(lock, fcntl.LOCK_EX)
             # torch's own lock file, left behind if a build was killed; we hold the real lock
             (build_dir / "lock").unlink(missing_ok=True)
-            build_log = io.StringIO()
-            with contextlib.redirect_stdout(build_log):
+            with contextlib.redirect_stdout(io.StringIO()):  # ninja's progress lines
                 module = cpp_extension.load(
                     name,
                     [str(SOURCE)],
@@ -94,7 +93,7 @@ def load_kernel() -> tuple[ModuleType | None, str]:
                     verbose=False,
                 )
     except (OSError, RuntimeError, ImportError, subprocess.SubprocessError) as error:
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error)
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         return None, f"unavailable ({reason})"
     return module, f"compiled kernel ({capability})"
 
