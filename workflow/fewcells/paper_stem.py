@@ -38,11 +38,11 @@ WEIGHT_SHAPES = ((4, 3, 3, 3), (8, 4, 3, 3))
 MIN_SIZE = 38  # the second block needs a vector (up to 16) of convolution columns
 
 
-def _build_name(flags: list[str]) -> str:
+def _build_name(capability: str, flags: list[str]) -> str:
     """Extension name: one build per instruction set, Python, torch and source version."""
     key = "\n".join([SOURCE.read_text(), torch.__version__, sys.version, *flags])
-    capability = torch.backends.cpu.get_cpu_capability().lower()
-    return f"fewcells_paper_stem_{capability}_{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return f"fewcells_paper_stem_{capability.lower()}_{digest}"
 
 
 def _put_ninja_on_path() -> None:
@@ -75,7 +75,7 @@ def load_kernel() -> tuple[ModuleType | None, str]:
         return None, f"unavailable (no C++ compiler {compiler!r} on PATH)"
     capability = torch.backends.cpu.get_cpu_capability()
     flags = ["-O3", *_ISA_FLAGS.get(capability, [])]
-    name = _build_name(flags)
+    name = _build_name(capability, flags)
     build_root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
     build_dir = Path(build_root) / name
     try:

@@ -59,6 +59,15 @@ inline Vec splat(float x) { return Vec{} + x; }
 
 inline Vec relu(Vec v) { return v > 0.0f ? v : 0.0f; }
 
+// Max pooling's choice: `candidate` (window position j) replaces `value` (position k) when it is
+// larger or a NaN, so the first maximum wins, as in PyTorch. For floats or vectors of them.
+template <typename Value, typename Position>
+inline void keep_maximum(Value& value, Position& k, Value candidate, int j) {
+  const auto take = candidate > value || candidate != candidate;
+  value = take ? candidate : value;
+  k = take ? j : k;
+}
+
 template <int CIN>
 inline int weight_index(int o, int i, int ky, int kx) {
   return ((o * CIN + i) * 3 + ky) * 3 + kx;
@@ -124,11 +133,7 @@ void block_forward(const float* image, const Shape& s, const float* w, const flo
                                    __builtin_shuffle(bottom0, bottom1, kOdd)};
         Vec value = __builtin_shuffle(top0, top1, kEven);
         IVec k = IVec{};
-        for (int j = 0; j < 3; ++j) {
-          const IVec take = candidates[j] > value || candidates[j] != candidates[j];
-          value = take ? candidates[j] : value;
-          k = take ? j + 1 : k;
-        }
+        for (int j = 0; j < 3; ++j) keep_maximum(value, k, candidates[j], j + 1);
         store(pooled + offset + pw, value);
         const BVec k8 = __builtin_convertvector(k, BVec);
         std::memcpy(argmax + offset + pw, &k8, sizeof(BVec));
@@ -137,11 +142,7 @@ void block_forward(const float* image, const Shape& s, const float* w, const flo
         const float candidates[3] = {top[2 * pw + 1], bottom[2 * pw], bottom[2 * pw + 1]};
         float value = top[2 * pw];
         uint8_t k = 0;
-        for (int j = 0; j < 3; ++j) {
-          const bool take = candidates[j] > value || candidates[j] != candidates[j];
-          value = take ? candidates[j] : value;
-          k = take ? j + 1 : k;
-        }
+        for (int j = 0; j < 3; ++j) keep_maximum(value, k, candidates[j], j + 1);
         pooled[offset + pw] = value;
         argmax[offset + pw] = k;
       }
@@ -203,14 +204,14 @@ void block_backward(const float* image, const Shape& s, const float* w, const fl
           for (int kx = 0; kx < 3; ++kx) {
             Vec upper = load(image + row + kx), lower = load(image + row + s.W + kx);
             if (RELU) upper = relu(upper), lower = relu(lower);
-            Vec to_upper = splat(0.0f), to_lower = splat(0.0f);
-            for (int o = 0; o < COUT; ++o) {
-              const int k = weight_index<CIN>(o, i, ky, kx);
-              lanes[k] += top[o] * upper + bottom[o] * lower;
-              to_upper += top[o] * w[k];
-              to_lower += bottom[o] * w[k];
-            }
+            for (int o = 0; o < COUT; ++o)
+              lanes[weight_index<CIN>(o, i, ky, kx)] += top[o] * upper + bottom[o] * lower;
             if (grad_input != nullptr) {
+              Vec to_upper = splat(0.0f), to_lower = splat(0.0f);
+              for (int o = 0; o < COUT; ++o) {
+                to_upper += top[o] * w[weight_index<CIN>(o, i, ky, kx)];
+                to_lower += bottom[o] * w[weight_index<CIN>(o, i, ky, kx)];
+              }
               store(grad_input + row + kx, load(grad_input + row + kx) + to_upper);
               store(grad_input + row + s.W + kx, load(grad_input + row + s.W + kx) + to_lower);
             }
