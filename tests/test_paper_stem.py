@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from test_train import IMAGE_SIZE, MODEL_CFG, make_store
 
-from fewcells import paper_stem, train
+from fewcells import augment, paper_stem, train
 from fewcells.model import PaperCNN
 from fewcells.train import run_training
 
@@ -153,6 +153,7 @@ def test_training_with_the_kernel_gives_pytorchs_results(both_ways):
 def test_training_falls_back_to_pytorch_where_the_kernel_cannot_be_built(tmp_path, monkeypatch):
     monkeypatch.setattr(paper_stem, "load_kernel", lambda: (None, "unavailable (no compiler)"))
     monkeypatch.setattr(train, "load_kernel", paper_stem.load_kernel)
+    monkeypatch.setattr(augment, "load_kernel", paper_stem.load_kernel)
     dataset = make_store(tmp_path / "data")
     info = run_training(
         *dataset, 0, 8, {"max_epochs": 1}, MODEL_CFG, tmp_path / "job", image_size=IMAGE_SIZE
@@ -164,7 +165,7 @@ def test_a_build_that_fails_is_reported_not_raised(monkeypatch, tmp_path):
     paper_stem.load_kernel.cache_clear()
     try:
         monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-        monkeypatch.setattr(paper_stem, "SOURCE", tmp_path / "broken.cpp")
+        monkeypatch.setattr(paper_stem, "SOURCES", [tmp_path / "broken.cpp"])
         (tmp_path / "broken.cpp").write_text("this is not C++\n")
         module, how = paper_stem.load_kernel()
         assert module is None and how.startswith("unavailable (")

@@ -5,6 +5,9 @@ The paper's Keras ImageDataGenerator used random horizontal + vertical flips and
 augmented at once with one random draw per image; flips and rotation are one bilinear
 `grid_sample` (an affine sampling grid, padding_mode "border": the tensor equivalent of
 "nearest").
+With `fused_cpu_kernel`, uint8 images on the CPU are rotated and flipped by the compiled kernel
+of fewcells.paper_stem (kernels/rotate.cpp): the same sampling straight from the stored bytes
+to planar floats, equal to grid_sample's result up to float rounding.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from fewcells.paper_stem import load_kernel
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device):
@@ -52,6 +57,20 @@ def _resample(images: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def _kernel_resamples(images: torch.Tensor) -> bool:
+    """Whether the compiled kernel can resample `images` (B, C, H, W): uint8 on the CPU, laid
+    out channels-last (a permuted view of stored (B, H, W, C) images), C <= 4, W >= 16."""
+    return (
+        images.device.type == "cpu"
+        and images.dtype == torch.uint8
+        and images.dim() == 4
+        and images.shape[1] <= 4
+        and images.shape[-1] >= 16
+        and images.permute(0, 2, 3, 1).is_contiguous()
+        and load_kernel()[0] is not None
+    )
+
+
 def rotate_batch(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     """Rotate each float image (B, C, H, W) about its centre by its angle in `degrees` (B,).
 
@@ -69,7 +88,9 @@ class BatchAugment(nn.Module):
     rotation by an angle uniform in [0, 360) degrees, brightness (multiply by a factor uniform
     in [1 - brightness, 1 + brightness]), contrast (scale the deviation from the image mean by a
     factor uniform in [1 - contrast, 1 + contrast]), additive gaussian noise of sd `noise_std`.
-    The result is clipped to [0, 1]. Deterministic given a torch.Generator.
+    The result is clipped to [0, 1]. Deterministic given a torch.Generator. With
+    `fused_cpu_kernel`, flips and rotation of channels-last uint8 CPU images run as the
+    compiled kernel.
     """
 
     def __init__(
@@ -79,8 +100,10 @@ class BatchAugment(nn.Module):
         noise_std: float = 0.0,
         brightness: float = 0.0,
         contrast: float = 0.0,
+        fused_cpu_kernel: bool = False,
     ) -> None:
         super().__init__()
+        self.fused_cpu_kernel = fused_cpu_kernel
         self.flips = flips
         self.rotation = rotation
         self.noise_std = noise_std
@@ -116,7 +139,8 @@ class BatchAugment(nn.Module):
 
     def apply(self, images: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
         """Augment uint8 (0-255) or float ([0, 1]) images with `draws` from sample()."""
-        x = images.float().div(255.0) if images.dtype == torch.uint8 else images
+        in_kernel = self.rotation and self.fused_cpu_kernel and _kernel_resamples(images)
+        x = images if in_kernel or images.dtype != torch.uint8 else images.float().div(255.0)
         if self.rotation:
             matrix = _rotation_matrix(draws["degrees"])
             if self.flips:
@@ -125,7 +149,11 @@ class BatchAugment(nn.Module):
                     torch.stack((draws["flip_h"], draws["flip_v"]), -1).to(matrix.dtype) * -2 + 1
                 )
                 matrix = signs[:, :, None] * matrix
-            x = _resample(x, matrix)
+            if in_kernel:
+                kernel, _ = load_kernel()
+                x = kernel.resample(x.permute(0, 2, 3, 1), matrix.float().contiguous())
+            else:
+                x = _resample(x, matrix)
         elif self.flips:
             x = x.contiguous()  # torch.where is slow on channels-last strided views
             x = torch.where(draws["flip_h"][:, None, None, None], x.flip(-1), x)

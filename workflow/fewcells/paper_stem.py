@@ -28,7 +28,10 @@ from types import ModuleType
 
 import torch
 
-SOURCE = Path(__file__).with_name("kernels") / "paper_stem.cpp"
+KERNELS = Path(__file__).with_name("kernels")
+# compiled into one module; the headers only count for the build name
+SOURCES = [KERNELS / name for name in ("module.cpp", "paper_stem.cpp", "rotate.cpp")]
+HEADERS = [KERNELS / name for name in ("kernels.h", "simd.h")]
 # gcc flags for the instruction sets torch itself dispatches to on this CPU
 _ISA_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx2", "-mfma"],
@@ -40,7 +43,8 @@ MIN_SIZE = 38  # the second block needs a vector (up to 16) of convolution colum
 
 def _build_name(capability: str, flags: list[str]) -> str:
     """Extension name: one build per instruction set, Python, torch and source version."""
-    key = "\n".join([SOURCE.read_text(), torch.__version__, sys.version, *flags])
+    texts = [path.read_text() for path in (*SOURCES, *HEADERS)]
+    key = "\n".join([*texts, torch.__version__, sys.version, *flags])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return f"fewcells_paper_stem_{capability.lower()}_{digest}"
 
@@ -87,7 +91,7 @@ def load_kernel() -> tuple[ModuleType | None, str]:
             with contextlib.redirect_stdout(io.StringIO()):  # ninja's progress lines
                 module = cpp_extension.load(
                     name,
-                    [str(SOURCE)],
+                    [str(path) for path in SOURCES],
                     extra_cflags=flags,
                     build_directory=str(build_dir),
                     verbose=False,

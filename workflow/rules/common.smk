@@ -38,7 +38,11 @@ TRAINING_CODE = [
         "train.py",
         "stacked.py",
         "paper_stem.py",
+        "kernels/kernels.h",
+        "kernels/simd.h",
+        "kernels/module.cpp",
         "kernels/paper_stem.cpp",
+        "kernels/rotate.cpp",
     )
 ]
 PRETRAINING_CODE = TRAINING_CODE + [str(PACKAGE / "pretrain.py")]
