@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from fewcells.augment import BatchAugment, rotate_batch
+from fewcells.augment import BatchAugment, _rotation_matrix, rotate_batch
+from fewcells.paper_stem import load_kernel
 
 
 def seeded(seed: int = 0) -> torch.Generator:
@@ -101,3 +102,65 @@ def test_noise_has_the_requested_spread():
     out = BatchAugment(flips=False, rotation=False, noise_std=0.05)(grey, seeded())
     assert (out - grey).std().item() == pytest.approx(0.05, rel=0.05)
     assert (out - grey).mean().abs() < 0.005
+
+
+def stored(batch: int, height: int, width: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
+    """uint8 images as the store keeps them (B, H, W, C), viewed as the network's (B, C, H, W)."""
+    images = torch.randint(0, 256, (batch, height, width, channels), generator=seeded(seed))
+    return images.to(torch.uint8).permute(0, 3, 1, 2)
+
+
+needs_kernel = pytest.mark.skipif(load_kernel()[0] is None, reason=f"CPU kernel {load_kernel()[1]}")
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    ("height", "width", "channels"), [(257, 257, 3), (40, 61, 3), (23, 16, 1), (31, 17, 4)]
+)
+def test_the_rotation_kernel_samples_as_grid_sample(height, width, channels):
+    images = stored(12, height, width, channels)
+    fused, plain = BatchAugment(fused_cpu_kernel=True), BatchAugment()
+    out = fused(images, seeded(5))
+    assert out.is_contiguous() and out.dtype == torch.float32
+    # float rounding of the sampling positions only: at most 0.01 grey levels apart
+    torch.testing.assert_close(out, plain(images, seeded(5)), rtol=0, atol=5e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("quarter_turns", [0, 1, 2, 3])
+def test_the_rotation_kernel_turns_by_right_angles_exactly(quarter_turns):
+    images = stored(2, 19, 19)
+    kernel, _ = load_kernel()
+    turned = kernel.resample(
+        images.permute(0, 2, 3, 1), _rotation_matrix(torch.full((2,), 90.0 * quarter_turns))
+    )
+    expected = torch.rot90(images.float() / 255, quarter_turns, dims=(-2, -1))
+    torch.testing.assert_close(turned, expected, rtol=0, atol=1e-5)
+
+
+@needs_kernel
+def test_the_rotation_kernel_repeats_border_pixels_and_ignores_threads():
+    images = stored(8, 20, 33)
+    images[..., 0, :] = images[..., -1, :] = images[..., 0] = images[..., -1] = 77
+    images[..., 1:-1, 1:-1] = 77
+    out = BatchAugment(flips=False, fused_cpu_kernel=True)(images, seeded())
+    torch.testing.assert_close(out, torch.full_like(out, 77 / 255), rtol=0, atol=1e-6)
+    various = stored(6, 50, 50, seed=2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = BatchAugment(fused_cpu_kernel=True)(various, seeded(4))
+        torch.set_num_threads(3)
+        several = BatchAugment(fused_cpu_kernel=True)(various, seeded(4))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(single, several)
+
+
+def test_inputs_the_kernel_cannot_take_use_grid_sample():
+    # float, planar, too narrow: the same results as without the kernel, no error
+    fused, plain = BatchAugment(fused_cpu_kernel=True), BatchAugment()
+    planar = torch.randint(0, 256, (3, 3, 20, 20), dtype=torch.uint8)
+    narrow = stored(3, 20, 12)
+    for images in (planar.float() / 255, planar, narrow):
+        assert torch.equal(fused(images, seeded(1)), plain(images, seeded(1)))

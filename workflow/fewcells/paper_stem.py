@@ -58,6 +58,18 @@ def _put_ninja_on_path() -> None:
             os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
 
 
+def _copy_sources(folder: Path) -> list[str]:
+    """The kernel sources copied into `folder` (rewritten only where they differ): the build
+    then reads the same paths from whichever checkout loads it, so checkouts with the same
+    sources share one build instead of rebuilding it in turn."""
+    folder.mkdir(exist_ok=True)
+    for path in (*SOURCES, *HEADERS):
+        copy = folder / path.name
+        if not copy.is_file() or copy.read_bytes() != path.read_bytes():
+            shutil.copyfile(path, copy)
+    return [str(folder / path.name) for path in SOURCES]
+
+
 @functools.cache
 def load_kernel() -> tuple[ModuleType | None, str]:
     """The compiled kernel module (None if it cannot be built here) and how it was obtained.
@@ -88,10 +100,11 @@ def load_kernel() -> tuple[ModuleType | None, str]:
             fcntl.flock(lock, fcntl.LOCK_EX)
             # torch's own lock file, left behind if a build was killed; we hold the real lock
             (build_dir / "lock").unlink(missing_ok=True)
+            sources = _copy_sources(build_dir / "sources")
             with contextlib.redirect_stdout(io.StringIO()):  # ninja's progress lines
                 module = cpp_extension.load(
                     name,
-                    [str(path) for path in SOURCES],
+                    sources,
                     extra_cflags=flags,
                     build_directory=str(build_dir),
                     verbose=False,

@@ -1,7 +1,7 @@
 // The CPU kernels the Python module `fewcells.paper_stem` loads (bound in module.cpp).
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <vector>
 

@@ -10,7 +10,7 @@
 // input gradient). The network input gets no gradient: it is data. Sums run in a fixed order
 // (per image in float lanes, over images in double), so results do not depend on the number
 // of threads. All tensors are planar (N, C, H, W) and contiguous.
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <ATen/Parallel.h>
 

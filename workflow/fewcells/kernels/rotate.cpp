@@ -6,7 +6,7 @@
 // align_corners=False) with fewcells.augment's sampling grid, without the float copy of the
 // input, the grid and the channels-last to planar copy. A vector of output pixels at a time:
 // the four neighbours are fetched with one 32-bit gather each (all channels of a pixel at once).
-#include <torch/extension.h>
+#include <ATen/ATen.h>
 
 #include <ATen/Parallel.h>
 
