@@ -1,4 +1,4 @@
-"""The fused kernel of the paper CNN's first two blocks gives PyTorch's values and gradients."""
+"""The fused kernel of the paper CNN's first three blocks gives PyTorch's values and gradients."""
 
 import shutil
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(
     shutil.which("c++") is None and shutil.which("g++") is None,
     reason="no C++ compiler: the fused kernel cannot be built here (PyTorch's layers are used)",
 )
-PARAMETER_SHAPES = [(4, 3, 3, 3), (4,), (8, 4, 3, 3), (8,)]
+PARAMETER_SHAPES = [(4, 3, 3, 3), (4,), (8, 4, 3, 3), (8,), (8, 8, 3, 3), (8,)]
 
 
 @pytest.fixture(scope="module")
@@ -26,17 +26,18 @@ def kernel():
     return module
 
 
-def reference(x, weight1, bias1, weight2, bias2):
+def reference(x, weight1, bias1, weight2, bias2, weight3, bias3):
     """The same blocks with PyTorch's layers."""
     block1 = F.max_pool2d(F.conv2d(x, weight1, bias1), 2)
-    return F.max_pool2d(F.conv2d(block1.relu(), weight2, bias2), 2)
+    block2 = F.max_pool2d(F.conv2d(block1.relu(), weight2, bias2), 2)
+    return F.max_pool2d(F.conv2d(block2.relu(), weight3, bias3), 2)
 
 
 def gradients(output, parameters, grad):
     return torch.autograd.grad((output * grad).sum(), parameters)
 
 
-@pytest.mark.parametrize("shape", [(5, 3, 257, 257), (2, 3, 400, 300), (1, 3, 38, 41)])
+@pytest.mark.parametrize("shape", [(5, 3, 257, 257), (2, 3, 400, 300), (1, 3, 78, 81)])
 def test_exact_on_integer_values(kernel, shape):
     # small integers: every sum is exact in float32 whatever its order, and ties are common,
     # so values, max-pooling choices and gradients must equal PyTorch's to the bit
@@ -73,17 +74,18 @@ def test_close_on_real_values(kernel):
 
 def test_results_do_not_depend_on_the_thread_count(kernel):
     generator = torch.Generator().manual_seed(1)
-    x = torch.rand(6, 3, 64, 80, generator=generator)
+    x = torch.rand(6, 3, 80, 96, generator=generator)
     parameters = [torch.randn(size, generator=generator) for size in PARAMETER_SHAPES]
-    grad = torch.randn(6, 8, 14, 18, generator=generator)
+    grad = torch.randn(6, 8, 8, 10, generator=generator)
     threads = torch.get_num_threads()
     results = []
     try:
         for n in (1, 3):
             torch.set_num_threads(n)
-            pooled2, argmax2, pooled1, argmax1 = kernel.forward(x, *parameters)
-            grads = kernel.backward(grad, x, pooled1, argmax1, argmax2, *parameters[::2])
-            results.append([pooled2, argmax2, pooled1, argmax1, *grads])
+            pooled3, argmax3, pooled2, argmax2, pooled1, argmax1 = kernel.forward(x, *parameters)
+            saved = (pooled1, argmax1, pooled2, argmax2, argmax3)
+            grads = kernel.backward(grad, x, *saved, *parameters[::2])
+            results.append([pooled3, argmax3, *saved, *grads])
     finally:
         torch.set_num_threads(threads)
     for one, three in zip(*results, strict=True):
@@ -111,7 +113,7 @@ def test_network_uses_the_kernel_only_where_no_input_gradient_is_needed(kernel, 
 
 
 def test_kernel_refuses_to_give_an_input_gradient(kernel):
-    x = torch.rand(1, 3, 40, 40, requires_grad=True)
+    x = torch.rand(1, 3, 80, 80, requires_grad=True)
     parameters = [torch.randn(size) for size in PARAMETER_SHAPES]
     with pytest.raises(RuntimeError, match="no input gradient"):
         paper_stem._PaperStemFunction.apply(x, *parameters).sum().backward()

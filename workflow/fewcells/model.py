@@ -20,6 +20,7 @@ from fewcells.errors import FewcellsError
 from fewcells.paper_stem import fused_applies, paper_stem
 
 PAPER_FILTERS = (4, 8, 8, 8, 16, 16)
+FUSED_CONVS = (0, 3, 6)  # positions in `features` of the convolutions fewcells.paper_stem fuses
 
 
 def _size_after_blocks(image_size: int, n_blocks: int) -> int:
@@ -41,7 +42,7 @@ class PaperCNN(nn.Module):
     returns the 32-d hidden layer after its ReLU. Each block pools before its ReLU: max pooling
     commutes with the monotone ReLU, so values and gradients are exactly those of
     conv-ReLU-pool, with the ReLU on 4x fewer pixels. With `fused_cpu_kernel` set, the first
-    two blocks run as one compiled CPU kernel (fewcells.paper_stem) wherever it applies (a CPU
+    three blocks run as one compiled CPU kernel (fewcells.paper_stem) wherever it applies (a CPU
     input that needs no gradient, so not for saliency or LRP); the results equal PyTorch's up
     to float rounding.
     """
@@ -70,9 +71,9 @@ class PaperCNN(nn.Module):
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """The flattened output of the six blocks."""
-        conv1, conv2 = self.features[0], self.features[3]
-        if self.fused_cpu_kernel and fused_applies(x, conv1, conv2):
-            return self.features[5:](paper_stem(x, conv1, conv2))
+        convs = [self.features[i] for i in FUSED_CONVS]
+        if self.fused_cpu_kernel and fused_applies(x, convs):
+            return self.features[FUSED_CONVS[-1] + 2 :](paper_stem(x, convs))
         return self.features(x.contiguous(memory_format=torch.channels_last))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,14 +1,16 @@
-"""The paper CNN's first two blocks (conv 3 -> 4, pool, ReLU, conv 4 -> 8, pool) as one CPU kernel.
+"""The paper CNN's first three blocks (conv 3 -> 4, pool, ReLU, conv 4 -> 8, pool, ReLU,
+conv 8 -> 8, pool) as one CPU kernel.
 
 On a CPU these blocks are most of a training step in PyTorch: each convolution writes a
 full-resolution map that max pooling reads again, and pooling's backward scatters into a
 zeroed full-resolution gradient that the convolution's backward then reads in full.
 `kernels/paper_stem.cpp` computes each convolution two rows at a time and pools them in
-registers, and computes the gradients from the pooled gradient directly. It is compiled on
-first use with the machine's C++ compiler (torch.utils.cpp_extension, 30-40 s; cached in
-TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions, one build per CPU instruction set,
-Python, torch and source version). Where it cannot be compiled, `load_kernel` says why and
-callers use PyTorch's layers.
+registers, and computes the gradients from the pooled gradient directly. The same compiled
+module holds the augmentation's rotation (`kernels/rotate.cpp`, used by fewcells.augment).
+It is compiled on first use with the machine's C++ compiler (torch.utils.cpp_extension,
+about 35 s; cached in TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions, one build per CPU
+instruction set, Python, torch and source version). Where it cannot be compiled,
+`load_kernel` says why and callers use PyTorch's operations.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -37,8 +40,8 @@ _ISA_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512dq", "-mavx512vl", "-mavx2", "-mfma"],
     "AVX2": ["-mavx2", "-mfma"],
 }
-WEIGHT_SHAPES = ((4, 3, 3, 3), (8, 4, 3, 3))
-MIN_SIZE = 38  # the second block needs a vector (up to 16) of convolution columns
+WEIGHT_SHAPES = ((4, 3, 3, 3), (8, 4, 3, 3), (8, 8, 3, 3))
+MIN_SIZE = 78  # the third block needs a vector (up to 16) of convolution columns
 
 
 def _build_name(capability: str, flags: list[str]) -> str:
@@ -119,27 +122,28 @@ class _PaperStemFunction(torch.autograd.Function):
     """Autograd of the fused kernel: gradients for the weights and biases, not the input."""
 
     @staticmethod
-    def forward(ctx, x, weight1, bias1, weight2, bias2) -> torch.Tensor:
+    def forward(ctx, x, weight1, bias1, weight2, bias2, weight3, bias3) -> torch.Tensor:
         kernel, _ = load_kernel()
-        pooled2, argmax2, pooled1, argmax1 = kernel.forward(x, weight1, bias1, weight2, bias2)
-        ctx.save_for_backward(x, pooled1, argmax1, argmax2, weight1, weight2)
-        return pooled2.contiguous(memory_format=torch.channels_last)
+        pooled3, argmax3, pooled2, argmax2, pooled1, argmax1 = kernel.forward(
+            x, weight1, bias1, weight2, bias2, weight3, bias3
+        )
+        ctx.save_for_backward(
+            x, pooled1, argmax1, pooled2, argmax2, argmax3, weight1, weight2, weight3
+        )
+        return pooled3.contiguous(memory_format=torch.channels_last)
 
     @staticmethod
-    def backward(ctx, grad_pooled2: torch.Tensor):
+    def backward(ctx, grad_pooled3: torch.Tensor):
         if ctx.needs_input_grad[0]:
             raise RuntimeError("paper_stem: the fused kernel has no input gradient")
-        x, pooled1, argmax1, argmax2, weight1, weight2 = ctx.saved_tensors
         kernel, _ = load_kernel()
-        grads = kernel.backward(grad_pooled2, x, pooled1, argmax1, argmax2, weight1, weight2)
-        return None, *grads
+        return None, *kernel.backward(grad_pooled3, *ctx.saved_tensors)
 
 
-def fused_applies(x: torch.Tensor, conv1: torch.nn.Conv2d, conv2: torch.nn.Conv2d) -> bool:
-    """Whether the paper CNN's first two blocks (`conv1`, `conv2`) can run on `x` as the fused
-    kernel here: a float32 CPU input that needs no gradient, the paper's filter counts, and the
-    kernel compiled."""
-    convs = (conv1, conv2)
+def fused_applies(x: torch.Tensor, convs: Sequence[torch.nn.Conv2d]) -> bool:
+    """Whether the paper CNN's first three blocks (convolutions `convs`) can run on `x` as the
+    fused kernel here: a float32 CPU input that needs no gradient, at least MIN_SIZE px, the
+    paper's filter counts, and the kernel compiled."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -152,7 +156,8 @@ def fused_applies(x: torch.Tensor, conv1: torch.nn.Conv2d, conv2: torch.nn.Conv2
     )
 
 
-def paper_stem(x: torch.Tensor, conv1: torch.nn.Conv2d, conv2: torch.nn.Conv2d) -> torch.Tensor:
-    """pool(conv2(relu(pool(conv1(x))))) by the fused kernel, channels-last (check
-    `fused_applies` first)."""
-    return _PaperStemFunction.apply(x, conv1.weight, conv1.bias, conv2.weight, conv2.bias)
+def paper_stem(x: torch.Tensor, convs: Sequence[torch.nn.Conv2d]) -> torch.Tensor:
+    """pool(conv3(relu(pool(conv2(relu(pool(conv1(x)))))))) by the fused kernel, channels-last
+    (check `fused_applies` first)."""
+    parameters = [p for conv in convs for p in (conv.weight, conv.bias)]
+    return _PaperStemFunction.apply(x, *parameters)

@@ -687,7 +687,7 @@ def fit_classifier(
 
 
 def _cpu_kernel(module: CellClassifier, device: torch.device) -> str:
-    """How the augmentation's rotation (and the paper CNN's first two blocks) ran: the compiled
+    """How the augmentation's rotation (and the paper CNN's first three blocks) ran: the compiled
     CPU kernels or PyTorch's layers."""
     if not module.train_cfg["fused_cpu_kernel"] or device.type != "cpu":
         return "pytorch"

@@ -1,6 +1,7 @@
-// The paper CNN's first two blocks on the CPU, fused: 3x3 valid convolution (3 -> 4 channels),
-// 2x2 max pooling, ReLU, 3x3 valid convolution (4 -> 8 channels), 2x2 max pooling; and the
-// weight and bias gradients of both convolutions.
+// The paper CNN's first three blocks on the CPU, fused: 3x3 valid convolution (3 -> 4 channels),
+// 2x2 max pooling, ReLU, 3x3 valid convolution (4 -> 8 channels), 2x2 max pooling, ReLU, 3x3
+// valid convolution (8 -> 8 channels), 2x2 max pooling; and the weight and bias gradients of
+// the three convolutions.
 //
 // Each block computes two convolution rows at a time, a vector of columns at once, and pools them
 // without writing the full-resolution output; it keeps the position of the maximum in each
@@ -209,87 +210,113 @@ void check(const at::Tensor& t, at::IntArrayRef sizes, const char* name) {
 
 }  // namespace
 
-// x (B, 3, H, W); returns the second block's pooled output before its ReLU (B, 8, PH2, PW2) and
-// what backward needs: its argmax, the first block's pooled output before its ReLU and argmax.
+// x (B, 3, H, W); returns the third block's pooled output before its ReLU (B, 8, PH3, PW3) and
+// what backward needs: its argmax, and the first two blocks' pooled outputs before their ReLU
+// and argmax.
 std::vector<at::Tensor> stem_forward(const at::Tensor& input, const at::Tensor& w1,
                                      const at::Tensor& b1, const at::Tensor& w2,
-                                     const at::Tensor& b2) {
+                                     const at::Tensor& b2, const at::Tensor& w3,
+                                     const at::Tensor& b3) {
   TORCH_CHECK(input.dim() == 4 && input.size(1) == 3, "paper_stem: input must be (B, 3, H, W)");
   check(input, input.sizes(), "input");
   check(w1, {4, 3, 3, 3}, "conv1 weight");
   check(b1, {4}, "conv1 bias");
   check(w2, {8, 4, 3, 3}, "conv2 weight");
   check(b2, {8}, "conv2 bias");
+  check(w3, {8, 8, 3, 3}, "conv3 weight");
+  check(b3, {8}, "conv3 bias");
   const Shape s1(input.size(2), input.size(3));
   const Shape s2(s1.PH, s1.PW);
-  TORCH_CHECK(s2.PH >= 1 && s2.used >= kLanes, "paper_stem: images must be at least 38 x 38");
+  const Shape s3(s2.PH, s2.PW);
+  TORCH_CHECK(s3.PH >= 1 && s3.used >= kLanes, "paper_stem: images must be at least 78 x 78");
   const at::Tensor x = input.contiguous(), w1c = w1.contiguous(), w2c = w2.contiguous();
-  const at::Tensor b1c = b1.contiguous(), b2c = b2.contiguous();
+  const at::Tensor w3c = w3.contiguous(), b1c = b1.contiguous(), b2c = b2.contiguous();
+  const at::Tensor b3c = b3.contiguous();
   const int64_t batch = x.size(0);
+  const auto bytes = x.options().dtype(at::kByte);
   at::Tensor pooled1 = at::empty({batch, 4, s1.PH, s1.PW}, x.options());
-  at::Tensor argmax1 = at::empty({batch, 4, s1.PH, s1.PW}, x.options().dtype(at::kByte));
+  at::Tensor argmax1 = at::empty({batch, 4, s1.PH, s1.PW}, bytes);
   at::Tensor pooled2 = at::empty({batch, 8, s2.PH, s2.PW}, x.options());
-  at::Tensor argmax2 = at::empty({batch, 8, s2.PH, s2.PW}, x.options().dtype(at::kByte));
+  at::Tensor argmax2 = at::empty({batch, 8, s2.PH, s2.PW}, bytes);
+  at::Tensor pooled3 = at::empty({batch, 8, s3.PH, s3.PW}, x.options());
+  at::Tensor argmax3 = at::empty({batch, 8, s3.PH, s3.PW}, bytes);
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> rows;
     for (int64_t n = begin; n < end; ++n) {
       float* p1 = pooled1.data_ptr<float>() + n * 4 * s1.out_plane();
+      float* p2 = pooled2.data_ptr<float>() + n * 8 * s2.out_plane();
       block_forward<3, 4, false>(x.data_ptr<float>() + n * 3 * s1.in_plane(), s1,
                                  w1c.data_ptr<float>(), b1c.data_ptr<float>(), p1,
                                  argmax1.data_ptr<uint8_t>() + n * 4 * s1.out_plane(), rows);
-      block_forward<4, 8, true>(p1, s2, w2c.data_ptr<float>(), b2c.data_ptr<float>(),
-                                pooled2.data_ptr<float>() + n * 8 * s2.out_plane(),
+      block_forward<4, 8, true>(p1, s2, w2c.data_ptr<float>(), b2c.data_ptr<float>(), p2,
                                 argmax2.data_ptr<uint8_t>() + n * 8 * s2.out_plane(), rows);
+      block_forward<8, 8, true>(p2, s3, w3c.data_ptr<float>(), b3c.data_ptr<float>(),
+                                pooled3.data_ptr<float>() + n * 8 * s3.out_plane(),
+                                argmax3.data_ptr<uint8_t>() + n * 8 * s3.out_plane(), rows);
     }
   });
-  return {pooled2, argmax2, pooled1, argmax1};
+  return {pooled3, argmax3, pooled2, argmax2, pooled1, argmax1};
 }
 
-// Gradients of conv1 weight, conv1 bias, conv2 weight and conv2 bias from the gradient of
-// stem_forward's first output.
-std::vector<at::Tensor> stem_backward(const at::Tensor& grad_pooled2, const at::Tensor& input,
+// Gradients of the three convolutions' weights and biases (conv1 weight, conv1 bias, conv2
+// weight, ...) from the gradient of stem_forward's first output.
+std::vector<at::Tensor> stem_backward(const at::Tensor& grad_pooled3, const at::Tensor& input,
                                       const at::Tensor& pooled1, const at::Tensor& argmax1,
-                                      const at::Tensor& argmax2, const at::Tensor& w1,
-                                      const at::Tensor& w2) {
+                                      const at::Tensor& pooled2, const at::Tensor& argmax2,
+                                      const at::Tensor& argmax3, const at::Tensor& w1,
+                                      const at::Tensor& w2, const at::Tensor& w3) {
   const at::Tensor x = input.contiguous(), w1c = w1.contiguous(), w2c = w2.contiguous();
-  const at::Tensor g2 = grad_pooled2.to(at::kFloat).contiguous();
+  const at::Tensor w3c = w3.contiguous();
+  const at::Tensor g3 = grad_pooled3.to(at::kFloat).contiguous();
   const Shape s1(x.size(2), x.size(3));
   const Shape s2(s1.PH, s1.PW);
+  const Shape s3(s2.PH, s2.PW);
   const int64_t batch = x.size(0);
-  check(g2, {batch, 8, s2.PH, s2.PW}, "gradient");
+  check(g3, {batch, 8, s3.PH, s3.PW}, "gradient");
   check(pooled1, {batch, 4, s1.PH, s1.PW}, "pooled1");
-  constexpr int kSize1 = 4 * 3 * 9 + 4, kSize2 = 8 * 4 * 9 + 8;
-  std::vector<double> per_image(batch * (kSize1 + kSize2));
+  check(pooled2, {batch, 8, s2.PH, s2.PW}, "pooled2");
+  constexpr int kSize1 = 4 * 3 * 9 + 4, kSize2 = 8 * 4 * 9 + 8, kSize3 = 8 * 8 * 9 + 8;
+  constexpr int kSize = kSize1 + kSize2 + kSize3;
+  std::vector<double> per_image(batch * kSize);
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> rows, grad1(4 * s1.out_plane());
-    std::vector<Vec> lanes1(4 * 3 * 9), lanes2(8 * 4 * 9);
+    std::vector<float> rows, grad1(4 * s1.out_plane()), grad2(8 * s2.out_plane());
+    std::vector<Vec> lanes1(4 * 3 * 9), lanes2(8 * 4 * 9), lanes3(8 * 8 * 9);
     for (int64_t n = begin; n < end; ++n) {
       const float* p1 = pooled1.data_ptr<float>() + n * 4 * s1.out_plane();
-      std::fill(lanes1.begin(), lanes1.end(), splat(0.0f));
-      std::fill(lanes2.begin(), lanes2.end(), splat(0.0f));
+      const float* p2 = pooled2.data_ptr<float>() + n * 8 * s2.out_plane();
+      for (auto* lanes : {&lanes1, &lanes2, &lanes3})
+        std::fill(lanes->begin(), lanes->end(), splat(0.0f));
       std::fill(grad1.begin(), grad1.end(), 0.0f);
-      double bias1[4] = {}, bias2[8] = {};
-      block_backward<4, 8, true>(p1, s2, w2c.data_ptr<float>(),
-                                 g2.data_ptr<float>() + n * 8 * s2.out_plane(),
+      std::fill(grad2.begin(), grad2.end(), 0.0f);
+      double bias1[4] = {}, bias2[8] = {}, bias3[8] = {};
+      block_backward<8, 8, true>(p2, s3, w3c.data_ptr<float>(),
+                                 g3.data_ptr<float>() + n * 8 * s3.out_plane(),
+                                 argmax3.data_ptr<uint8_t>() + n * 8 * s3.out_plane(),
+                                 lanes3.data(), bias3, grad2.data(), rows);
+      for (int64_t k = 0; k < 8 * s2.out_plane(); ++k)
+        if (!(p2[k] > 0.0f)) grad2[k] = 0.0f;  // the ReLU between blocks 2 and 3
+      block_backward<4, 8, true>(p1, s2, w2c.data_ptr<float>(), grad2.data(),
                                  argmax2.data_ptr<uint8_t>() + n * 8 * s2.out_plane(),
                                  lanes2.data(), bias2, grad1.data(), rows);
       for (int64_t k = 0; k < 4 * s1.out_plane(); ++k)
-        if (!(p1[k] > 0.0f)) grad1[k] = 0.0f;  // the ReLU between the blocks
+        if (!(p1[k] > 0.0f)) grad1[k] = 0.0f;  // the ReLU between blocks 1 and 2
       block_backward<3, 4, false>(x.data_ptr<float>() + n * 3 * s1.in_plane(), s1,
                                   w1c.data_ptr<float>(), grad1.data(),
                                   argmax1.data_ptr<uint8_t>() + n * 4 * s1.out_plane(),
                                   lanes1.data(), bias1, nullptr, rows);
-      double* out = per_image.data() + n * (kSize1 + kSize2);
+      double* out = per_image.data() + n * kSize;
       add_lanes<3, 4>(lanes1, bias1, out);
       add_lanes<4, 8>(lanes2, bias2, out + kSize1);
+      add_lanes<8, 8>(lanes3, bias3, out + kSize1 + kSize2);
     }
   });
-  std::vector<double> total(kSize1 + kSize2, 0.0);
+  std::vector<double> total(kSize, 0.0);
   for (int64_t n = 0; n < batch; ++n)
-    for (int k = 0; k < kSize1 + kSize2; ++k) total[k] += per_image[n * (kSize1 + kSize2) + k];
+    for (int k = 0; k < kSize; ++k) total[k] += per_image[n * kSize + k];
   std::vector<at::Tensor> grads = {
       at::empty({4, 3, 3, 3}, x.options()), at::empty({4}, x.options()),
-      at::empty({8, 4, 3, 3}, x.options()), at::empty({8}, x.options())};
+      at::empty({8, 4, 3, 3}, x.options()), at::empty({8}, x.options()),
+      at::empty({8, 8, 3, 3}, x.options()), at::empty({8}, x.options())};
   auto from = total.begin();
   for (auto& grad : grads) {
     std::copy(from, from + grad.numel(), grad.data_ptr<float>());
