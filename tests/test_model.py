@@ -67,6 +67,9 @@ def test_to_model_input_scales_and_moves_channels_first():
     assert x.shape == (2, 3, 4, 5) and x.dtype == torch.float32
     torch.testing.assert_close(x[1, :, 2, 3], torch.tensor([1.0, 0.2, 0.0]))
     assert x.sum() == pytest.approx(1.2)
+    assert x.is_contiguous()
+    every_value = torch.arange(256, dtype=torch.uint8).reshape(1, 4, 64, 1).expand(2, 4, 64, 3)
+    assert torch.equal(to_model_input(every_value), every_value.permute(0, 3, 1, 2).float() / 255.0)
 
 
 def test_pooling_before_relu_gives_exactly_the_papers_conv_relu_pool():

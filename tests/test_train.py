@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from fewcells import train
+from fewcells.cli import main
 from fewcells.errors import FewcellsError
 from fewcells.model import MIN_IMAGE_SIZE, build_model
 from fewcells.train import (
@@ -228,6 +230,27 @@ def test_same_config_gives_identical_outputs(dataset, tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
+def test_train_folds_trains_each_fold_as_its_own_job_would(dataset, tmp_path):
+    # fold 0 trains after fold 1 in the same process: nothing carries over between them
+    store, folds_csv, classes_json = dataset
+    fold_dir = tmp_path / "folds"
+    fold_dir.mkdir()
+    shutil.copy(folds_csv, fold_dir / "folds.csv")
+    shutil.copy(classes_json, fold_dir / "classes.json")
+    cfg = {"max_epochs": 2, "patience": 5}
+    arguments = ["--store", str(store), "--folds", str(fold_dir), "--fold-ids", "1,0"]
+    arguments += ["--size", "8", "--image-size", str(IMAGE_SIZE), "--out", str(tmp_path / "n8")]
+    arguments += ["--train-config", json.dumps(cfg), "--model-config", json.dumps(MODEL_CFG)]
+    assert main(["train-folds", *arguments]) == 0
+    for fold in (0, 1):
+        alone = tmp_path / f"alone{fold}"
+        run_training(*dataset, fold, 8, cfg, MODEL_CFG, alone, image_size=IMAGE_SIZE)
+        for name in ("predictions.csv", "history.csv"):
+            assert (tmp_path / "n8" / f"fold{fold}" / name).read_bytes() == (
+                alone / name
+            ).read_bytes()
+
+
 def test_early_stopping_when_validation_loss_cannot_improve(dataset, tmp_path, capsys):
     # lr 0: the weights never change, so val_loss never improves on epoch 1.
     info = quick_run(dataset, tmp_path / "job", lr=0.0, max_epochs=20, patience=1)
@@ -265,6 +288,21 @@ def test_optimizers_from_config(name, settings):
     group = optimizer.param_groups[0]
     assert group["lr"] == 0.5
     assert {key: group[key] for key in settings} == settings
+
+
+@pytest.mark.parametrize(
+    "accelerator, gpu_visible, builds",
+    [("auto", False, True), ("cpu", True, True), ("auto", True, False), ("gpu", True, False)],
+)
+def test_cpu_kernels_are_built_only_for_training_on_the_cpu(
+    monkeypatch, accelerator, gpu_visible, builds
+):
+    built = []
+    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: gpu_visible)
+    monkeypatch.setattr(train, "load_kernel", lambda: built.append(True))
+    module = CellClassifier(MODEL_CFG, 2, IMAGE_SIZE, train_config({"accelerator": accelerator}))
+    assert bool(built) == builds
+    assert module.model.fused_cpu_kernel  # still used wherever an input is on the CPU
 
 
 def test_train_config_merges_defaults():

@@ -160,6 +160,25 @@ def cmd_train(args) -> None:
     print(f"train: fold {args.fold} size {args.size}: {json.dumps(info)}", file=sys.stderr)
 
 
+def cmd_train_folds(args) -> None:
+    from fewcells.train import run_training
+
+    for fold in args.fold_ids:
+        info = run_training(
+            args.store,
+            args.folds / "folds.csv",
+            args.folds / "classes.json",
+            fold,
+            args.size,
+            args.train_config,
+            args.model_config,
+            args.out / f"fold{fold}",
+            image_size=args.image_size,
+            progress=args.progress,
+        )
+        print(f"train-folds: fold {fold} size {args.size}: {json.dumps(info)}", file=sys.stderr)
+
+
 def cmd_train_stacked(args) -> None:
     from fewcells.stacked import run_stacked_training
 
@@ -325,6 +344,18 @@ def cmd_benchmark(args) -> None:
         write_json(result, args.json)
 
 
+def _add_per_size_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of the commands that train every fold of one training size."""
+    p.add_argument("--store", type=Path, required=True)
+    p.add_argument("--folds", type=Path, required=True, help="folder with folds.csv, classes.json")
+    p.add_argument("--fold-ids", type=_int_list, required=True, help="comma-separated folds")
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--image-size", type=int, required=True)
+    p.add_argument("--train-config", type=_json, default={})
+    p.add_argument("--model-config", type=_json, default={"name": "paper_cnn"})
+    p.add_argument("--out", type=Path, required=True, help="the size's folder: OUT/fold{k}/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewcells", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -387,17 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(
-        "train-stacked", help="train one training size for several folds at once (one model)"
-    )
-    p.add_argument("--store", type=Path, required=True)
-    p.add_argument("--folds", type=Path, required=True, help="folder with folds.csv, classes.json")
-    p.add_argument("--fold-ids", type=_int_list, required=True, help="comma-separated folds")
-    p.add_argument("--size", type=int, required=True)
-    p.add_argument("--image-size", type=int, required=True)
-    p.add_argument("--train-config", type=_json, default={})
-    p.add_argument("--model-config", type=_json, default={"name": "paper_cnn"})
-    p.add_argument("--out", type=Path, required=True, help="the size's folder: OUT/fold{k}/")
+    p = sub.add_parser("train-folds", help="train one training size's folds one after another")
+    _add_per_size_arguments(p)
+    p.add_argument("--progress", action="store_true")
+    p.set_defaults(func=cmd_train_folds)
+
+    p = sub.add_parser("train-stacked", help="train one training size's folds as one model")
+    _add_per_size_arguments(p)
     p.set_defaults(func=cmd_train_stacked)
 
     p = sub.add_parser("pretrain", help="train one network on a source experiment's images")

@@ -48,6 +48,7 @@ from fewcells.train import (
     fold_data,
     read_class_names,
     train_config,
+    trains_on_cpu,
 )
 
 
@@ -60,8 +61,9 @@ def training_device(accelerator: str) -> torch.device:
     """cuda when `accelerator` is auto or gpu and a GPU is visible, else cpu."""
     if accelerator == "gpu" and not torch.cuda.is_available():
         raise FewcellsError("train.accelerator: 'gpu' was asked for but no GPU is visible")
-    use_gpu = accelerator in ("auto", "gpu") and torch.cuda.is_available()
-    return torch.device("cuda", torch.cuda.current_device()) if use_gpu else torch.device("cpu")
+    if trains_on_cpu(accelerator):
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 class StackedNetworks(nn.Module):

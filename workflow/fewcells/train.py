@@ -295,6 +295,11 @@ class CellDataModule(L.LightningDataModule):
         return _batch_loader(dataset, EVAL_BATCH_SIZE)
 
 
+def trains_on_cpu(accelerator: str) -> bool:
+    """Whether train.accelerator `accelerator` trains on the CPU here (no GPU visible, or cpu)."""
+    return accelerator == "cpu" or not torch.cuda.is_available()
+
+
 class CellClassifier(L.LightningModule):
     """The network of `model_cfg`, trained with cross-entropy on augmented batches.
 
@@ -317,7 +322,8 @@ class CellClassifier(L.LightningModule):
         self.train_cfg = train_config(train_cfg)
         self.model = build_model(model_cfg, n_classes, image_size)
         if self.train_cfg["fused_cpu_kernel"]:
-            load_kernel()  # built (once per machine) now, not inside the timed fit
+            if trains_on_cpu(self.train_cfg["accelerator"]):
+                load_kernel()  # built (once per machine) now, not inside the timed fit
             if isinstance(self.model, PaperCNN):
                 self.model.fused_cpu_kernel = True
         augment = self.train_cfg["augment"]

@@ -84,20 +84,27 @@ wildcard_constraints:
     comparison=r"[A-Za-z0-9_-]+",
 
 
-def uses_stacked_engine(experiment):
-    return CONFIG["experiments"][experiment]["train"]["engine"] == "stacked"
+# train.engine: per_fold experiments train in rule train, one job per (size, fold); the
+# others in one rule each whose jobs train every fold of one size, by this fewcells command.
+PER_SIZE_COMMANDS = {"sequential": "train-folds", "stacked": "train-stacked"}
 
 
-STACKED_EXPERIMENTS = [e for e in CONFIG["experiments"] if uses_stacked_engine(e)]
-# Wildcard patterns: the experiments trained fold by fold (rule train), or none.
+def train_engine(experiment):
+    return CONFIG["experiments"][experiment]["train"]["engine"]
+
+
+PER_SIZE_EXPERIMENTS = [
+    e for e in CONFIG["experiments"] if train_engine(e) in PER_SIZE_COMMANDS
+]
+# Wildcard pattern: the experiments trained fold by fold (rule train), or none.
 PER_FOLD_EXPERIMENTS = (
-    "|".join(e for e in CONFIG["experiments"] if not uses_stacked_engine(e))
+    "|".join(e for e in CONFIG["experiments"] if train_engine(e) == "per_fold")
     or "__none__"
 )
 
 
-def stacked_outputs(experiment):
-    """Rule train_stacked_EXPERIMENT's outputs: each fold's files for the size wildcard."""
+def per_size_outputs(experiment):
+    """A per-size training rule's outputs: each fold's files for the size wildcard."""
     folds = fold_ids(CONFIG["experiments"][experiment])
     root = f"{RESULTS}/{experiment}/train/n{{size}}"
     names = {
@@ -127,12 +134,16 @@ def train_resource(wildcards, name, attempt):
     return value * 2 ** (attempt - 1)
 
 
-def stacked_resources(experiment):
-    """Rule train_stacked_EXPERIMENT's resources (memory and time doubled on each retry)."""
+def per_size_resources(experiment):
+    """A per-size training rule's resources (memory and time doubled on each retry); the
+    sequential engine's jobs get train.runtime for each fold they train."""
     train = CONFIG["experiments"][experiment]["train"]
+    runtime = train["runtime"]
+    if train["engine"] == "sequential":
+        runtime *= len(fold_ids(CONFIG["experiments"][experiment]))
     resources = {
         "mem_mb": lambda wildcards, attempt: train["mem_mb"] * 2 ** (attempt - 1),
-        "runtime": lambda wildcards, attempt: train["runtime"] * 2 ** (attempt - 1),
+        "runtime": lambda wildcards, attempt: runtime * 2 ** (attempt - 1),
         "gpu": train["gpus"],
     }
     if train["gpus"] and train["gpu_model"]:
@@ -154,9 +165,13 @@ def as_json(section):
     return json.dumps(section, sort_keys=True)
 
 
+def experiment_model(experiment):
+    """EXPERIMENT's model section, model.pretrained resolved to its checkpoint."""
+    return training_model(CONFIG["experiments"][experiment], PRETRAINED)
+
+
 def model_for_training(wildcards):
-    """The experiment's model section, model.pretrained resolved to its checkpoint."""
-    return training_model(experiment_config(wildcards), PRETRAINED)
+    return experiment_model(wildcards.experiment)
 
 
 def train_dirs(experiment):

@@ -18,6 +18,9 @@ rule train:
         f"{BENCHMARKS}/{{experiment}}/train/n{{size}}_fold{{fold}}.tsv"
     wildcard_constraints:
         experiment=PER_FOLD_EXPERIMENTS,
+    # Largest trainings first, so that a sweep ends on short jobs instead of one long job
+    # running while the other cores idle.
+    priority: lambda w: int(w.size)
     conda:
         "../../envs/fewcells.yaml"
     threads: lambda w: CONFIG["experiments"][w.experiment]["train"]["threads"]
@@ -40,42 +43,46 @@ rule train:
         " --out {params.out} 2> {log}"
 
 
-for stacked_experiment in STACKED_EXPERIMENTS:
-    # One job per training size trains all of the experiment's folds (train.engine: stacked).
+for per_size_experiment in PER_SIZE_EXPERIMENTS:
+    # One job per training size trains every fold of the experiment: one after another in
+    # one process (train.engine: sequential) or side by side as one model (stacked).
+    per_size_engine = train_engine(per_size_experiment)
 
     rule:
         name:
-            f"train_stacked_{stacked_experiment}"
+            f"train_{per_size_engine}_{per_size_experiment}"
         input:
-            images=f"{RESULTS}/{stacked_experiment}/store/images.npy",
-            index=f"{RESULTS}/{stacked_experiment}/store/index.csv",
-            folds=f"{RESULTS}/{stacked_experiment}/folds/folds.csv",
-            classes=f"{RESULTS}/{stacked_experiment}/folds/classes.json",
+            images=f"{RESULTS}/{per_size_experiment}/store/images.npy",
+            index=f"{RESULTS}/{per_size_experiment}/store/index.csv",
+            folds=f"{RESULTS}/{per_size_experiment}/folds/folds.csv",
+            classes=f"{RESULTS}/{per_size_experiment}/folds/classes.json",
             code=TRAINING_CODE,
-            weights=CONFIG["experiments"][stacked_experiment]["model"]["weights"] or [],
+            weights=experiment_model(per_size_experiment)["weights"] or [],
         output:
-            **stacked_outputs(stacked_experiment),
+            **per_size_outputs(per_size_experiment),
         log:
-            f"{LOGS}/{stacked_experiment}/train/n{{size}}_stacked.log",
+            f"{LOGS}/{per_size_experiment}/train/n{{size}}_{per_size_engine}.log",
         benchmark:
-            f"{BENCHMARKS}/{stacked_experiment}/train/n{{size}}_stacked.tsv"
+            f"{BENCHMARKS}/{per_size_experiment}/train/n{{size}}_{per_size_engine}.tsv"
+        priority: lambda w: int(w.size)
         conda:
             "../../envs/fewcells.yaml"
-        threads: CONFIG["experiments"][stacked_experiment]["train"]["threads"]
+        threads: CONFIG["experiments"][per_size_experiment]["train"]["threads"]
         resources:
-            **stacked_resources(stacked_experiment),
+            **per_size_resources(per_size_experiment),
         params:
-            train=as_json(train_protocol(CONFIG["experiments"][stacked_experiment])),
-            model=as_json(CONFIG["experiments"][stacked_experiment]["model"]),
-            image_size=CONFIG["experiments"][stacked_experiment]["image"]["size"],
+            command=PER_SIZE_COMMANDS[per_size_engine],
+            train=as_json(train_protocol(CONFIG["experiments"][per_size_experiment])),
+            model=as_json(experiment_model(per_size_experiment)),
+            image_size=CONFIG["experiments"][per_size_experiment]["image"]["size"],
             folds=",".join(
-                map(str, fold_ids(CONFIG["experiments"][stacked_experiment]))
+                map(str, fold_ids(CONFIG["experiments"][per_size_experiment]))
             ),
-            store=f"{RESULTS}/{stacked_experiment}/store",
-            fold_dir=f"{RESULTS}/{stacked_experiment}/folds",
-            out=f"{RESULTS}/{stacked_experiment}/train/n{{size}}",
+            store=f"{RESULTS}/{per_size_experiment}/store",
+            fold_dir=f"{RESULTS}/{per_size_experiment}/folds",
+            out=f"{RESULTS}/{per_size_experiment}/train/n{{size}}",
         shell:
-            "fewcells train-stacked --store {params.store} --folds {params.fold_dir}"
+            "fewcells {params.command} --store {params.store} --folds {params.fold_dir}"
             " --fold-ids {params.folds} --size {wildcards.size}"
             " --image-size {params.image_size} --train-config {params.train:q}"
             " --model-config {params.model:q} --out {params.out} 2> {log}"

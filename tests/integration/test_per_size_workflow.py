@@ -1,0 +1,58 @@
+"""train.engine sequential and stacked through Snakemake: one job per training size writes
+every fold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from test_workflow import TINY, planned_jobs, snakemake
+
+pytestmark = pytest.mark.slow
+
+
+def per_size_config(workdir: Path, engine: str, sizes: list[int]) -> Path:
+    config = yaml.safe_load(TINY.read_text())
+    config["run"] = ["tiny_binary"]
+    del config["experiments"]["tiny_multiclass"]
+    binary = config["experiments"]["tiny_binary"]
+    binary["folds"]["sizes"] = sizes
+    binary["train"]["engine"] = engine
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module", params=["sequential", "stacked"])
+def per_size_run(request, tmp_path_factory) -> tuple[str, Path]:
+    engine = request.param
+    workdir = tmp_path_factory.mktemp(engine)
+    config = per_size_config(workdir, engine, [6, 12])
+    snakemake(workdir, "--cores", "2", "--configfile", str(config))
+    return engine, workdir
+
+
+def test_one_job_per_size_writes_every_fold(per_size_run):
+    engine, workdir = per_size_run
+    results = workdir / "results"
+    for size in (6, 12):
+        assert (results / f"logs/tiny_binary/train/n{size}_{engine}.log").exists()
+        for fold in (0, 1):
+            predictions = pd.read_csv(
+                results / f"tiny_binary/train/n{size}/fold{fold}/predictions.csv"
+            )
+            assert set(predictions["split"]) == {"test", "val"}
+    metrics = pd.read_csv(results / "tiny_binary/evaluation/metrics.csv")
+    assert sorted(metrics["size"].unique()) == [6, 12] and len(metrics) == 4
+
+
+def test_adding_a_size_plans_one_per_size_job(per_size_run):
+    engine, workdir = per_size_run
+    config = per_size_config(workdir, engine, [6, 12])
+    assert planned_jobs(workdir, "--configfile", str(config)) == {}
+    config = per_size_config(workdir, engine, [6, 12, 18])
+    planned = planned_jobs(workdir, "--configfile", str(config))
+    assert planned[f"train_{engine}_tiny_binary"] == 1
+    assert "train" not in planned and "folds" not in planned
