@@ -142,41 +142,32 @@ def cmd_store(args) -> None:
     print(f"store: {len(kept)} images at {args.image_size} px in {args.out}", file=sys.stderr)
 
 
-def cmd_train(args) -> None:
+def _train_fold(args, fold: int, out: Path) -> None:
+    """One (training size, fold) training of `train` or `train-folds`, written to OUT."""
     from fewcells.train import run_training
 
     info = run_training(
         args.store,
         args.folds / "folds.csv",
         args.folds / "classes.json",
-        args.fold,
+        fold,
         args.size,
         args.train_config,
         args.model_config,
-        args.out,
+        out,
         image_size=args.image_size,
         progress=args.progress,
     )
-    print(f"train: fold {args.fold} size {args.size}: {json.dumps(info)}", file=sys.stderr)
+    print(f"{args.command}: fold {fold} size {args.size}: {json.dumps(info)}", file=sys.stderr)
+
+
+def cmd_train(args) -> None:
+    _train_fold(args, args.fold, args.out)
 
 
 def cmd_train_folds(args) -> None:
-    from fewcells.train import run_training
-
     for fold in args.fold_ids:
-        info = run_training(
-            args.store,
-            args.folds / "folds.csv",
-            args.folds / "classes.json",
-            fold,
-            args.size,
-            args.train_config,
-            args.model_config,
-            args.out / f"fold{fold}",
-            image_size=args.image_size,
-            progress=args.progress,
-        )
-        print(f"train-folds: fold {fold} size {args.size}: {json.dumps(info)}", file=sys.stderr)
+        _train_fold(args, fold, args.out / f"fold{fold}")
 
 
 def cmd_train_stacked(args) -> None:
