@@ -9,6 +9,7 @@ import pytest
 
 from fewcells import benchmark
 from fewcells.benchmark import (
+    benchmark_stacked_sweep,
     plain_loop,
     sweep_cost,
     write_dedup_images,
@@ -74,6 +75,30 @@ def test_sweep_cost_reads_every_training(tmp_path):
     assert cost["wall_seconds_on_cores"] == 45 and cost["peak_rss_mb_max"] == 920
     # per size: 10 -> 10 s, 20 -> 40 s (mean of two folds), 15 -> 25 s; x 2 folds / 2 cores
     assert cost["projected_trainings"] == 6 and cost["projected_wall_seconds"] == 75
+
+
+def test_sweep_cost_counts_a_stacked_job_once(tmp_path):
+    for fold in range(4):
+        job = tmp_path / "n10" / f"fold{fold}"
+        job.mkdir(parents=True)
+        info = {"size": 10, "fold": fold, "epochs_run": 50, "seconds": 100.0}
+        info |= {"peak_rss_mb": 1500.0, "networks_in_job": 4}
+        (job / "train_info.json").write_text(json.dumps(info))
+    assert sweep_cost(tmp_path, cores=1)["job_seconds_total"] == 100
+
+
+def test_stacked_sweep_benchmark_trains_every_network(capsys):
+    result = benchmark_stacked_sweep(sizes=[10, 20], folds=2, epochs=1, threads=1)
+    assert result["networks"] == 4 and result["device"] == "cpu"
+    # 1 epoch of 10 and of 20 images, in each of 2 folds
+    assert result["image_steps"] == 2 * (10 + 20)
+    assert result["image_steps_per_s"] > 0
+    assert "4 paper CNNs (sizes 10-20 x 2 folds)" in capsys.readouterr().out
+
+
+def test_stacked_sweep_benchmark_refuses_sizes_beyond_the_pool():
+    with pytest.raises(FewcellsError, match="sizes must be 1-200"):
+        benchmark_stacked_sweep(sizes=[250])
 
 
 def test_sweep_cost_names_an_empty_folder(tmp_path):

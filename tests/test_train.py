@@ -239,7 +239,7 @@ def test_train_folds_trains_each_fold_as_its_own_job_would(dataset, tmp_path):
     shutil.copy(classes_json, fold_dir / "classes.json")
     cfg = {"max_epochs": 2, "patience": 5}
     arguments = ["--store", str(store), "--folds", str(fold_dir), "--fold-ids", "1,0"]
-    arguments += ["--size", "8", "--image-size", str(IMAGE_SIZE), "--out", str(tmp_path / "n8")]
+    arguments += ["--sizes", "8", "--image-size", str(IMAGE_SIZE), "--out", str(tmp_path)]
     arguments += ["--train-config", json.dumps(cfg), "--model-config", json.dumps(MODEL_CFG)]
     assert main(["train-folds", *arguments]) == 0
     for fold in (0, 1):

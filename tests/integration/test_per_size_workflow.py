@@ -1,5 +1,5 @@
-"""train.engine sequential and stacked through Snakemake: one job per training size writes
-every fold."""
+"""train.engine sequential, stacked and stacked_sweep through Snakemake: one job per training
+size (one job for every size: stacked_sweep) writes every fold."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def per_size_config(workdir: Path, engine: str, sizes: list[int]) -> Path:
     return path
 
 
-@pytest.fixture(scope="module", params=["sequential", "stacked"])
+@pytest.fixture(scope="module", params=["sequential", "stacked", "stacked_sweep"])
 def per_size_run(request, tmp_path_factory) -> tuple[str, Path]:
     engine = request.param
     workdir = tmp_path_factory.mktemp(engine)
@@ -37,8 +37,12 @@ def per_size_run(request, tmp_path_factory) -> tuple[str, Path]:
 def test_one_job_per_size_writes_every_fold(per_size_run):
     engine, workdir = per_size_run
     results = workdir / "results"
+    logs = {p.name for p in (results / "logs/tiny_binary/train").iterdir()}
+    if engine == "stacked_sweep":
+        assert logs == {"stacked_sweep.log"}
+    else:
+        assert logs == {f"n6_{engine}.log", f"n12_{engine}.log"}
     for size in (6, 12):
-        assert (results / f"logs/tiny_binary/train/n{size}_{engine}.log").exists()
         for fold in (0, 1):
             predictions = pd.read_csv(
                 results / f"tiny_binary/train/n{size}/fold{fold}/predictions.csv"
@@ -48,7 +52,7 @@ def test_one_job_per_size_writes_every_fold(per_size_run):
     assert sorted(metrics["size"].unique()) == [6, 12] and len(metrics) == 4
 
 
-def test_adding_a_size_plans_one_per_size_job(per_size_run):
+def test_adding_a_size_plans_one_training_job(per_size_run):
     engine, workdir = per_size_run
     config = per_size_config(workdir, engine, [6, 12])
     assert planned_jobs(workdir, "--configfile", str(config)) == {}

@@ -12,6 +12,9 @@
   wall time and the peak memory of the dedup process.
 - `sweep`: epochs per training and the measured cost of a finished training-size sweep
   (its train_info.json files), with the projected wall time on N cores.
+- `stacked-sweep`: the whole-sweep stacked engine (train.engine: stacked_sweep) on this
+  machine's device (a GPU when one is visible): every fold x size of ALL-IDB2's layout in one
+  job for a fixed number of epochs; wall time and image-steps per second.
 """
 
 from __future__ import annotations
@@ -179,10 +182,10 @@ def stacked_path(root: Path, *, size: int, epochs: int, threads: int, folds: int
         root / "folds" / "folds.csv",
         root / "folds" / "classes.json",
         list(range(folds)),
-        size,
+        [size],
         train_cfg,
         {"name": "paper_cnn"},
-        root / "train-stacked" / f"n{size}",
+        root / "train-stacked",
         image_size=257,
     )
     return {
@@ -190,6 +193,62 @@ def stacked_path(root: Path, *, size: int, epochs: int, threads: int, folds: int
         "seconds": infos[0]["fit_seconds"],
         "device": infos[0]["device"],
     }
+
+
+def benchmark_stacked_sweep(
+    *, sizes: list[int], folds: int = 10, epochs: int = 10, threads: int | None = None
+) -> dict:
+    """`folds` x `sizes` paper CNNs (257 px, batch 5) trained in one stacked_sweep job for
+    `epochs` epochs each (patience = epochs: no early stopping), on the GPU when one is
+    visible; prints and returns the wall time and image-steps per second of fit time."""
+    from fewcells.stacked import run_stacked_training
+
+    if not sizes or max(sizes) > 200 or folds > 10:
+        raise FewcellsError(
+            "benchmark stacked-sweep: sizes must be 1-200 and folds at most 10 (ALL-IDB2's "
+            f"layout: a pool of 200 per fold, 10 folds), not sizes {sizes}, folds {folds}"
+        )
+    threads = threads or os.cpu_count() or 1
+    train_cfg = {"max_epochs": epochs, "patience": epochs, "threads": threads}
+    with tempfile.TemporaryDirectory(prefix="fewcells-bench-") as tmp:
+        root = Path(tmp)
+        write_synthetic_experiment(root)
+        started = time.perf_counter()
+        infos = run_stacked_training(
+            root / "store",
+            root / "folds" / "folds.csv",
+            root / "folds" / "classes.json",
+            list(range(folds)),
+            sizes,
+            train_cfg,
+            {"name": "paper_cnn"},
+            root / "train",
+            image_size=257,
+            engine="stacked_sweep",
+        )
+        wall = time.perf_counter() - started
+    image_steps = sum(info["n_train_images"] * info["epochs_run"] for info in infos)
+    fit = infos[0]["fit_seconds"]
+    result = {
+        "device": infos[0]["device"],
+        "threads": threads,
+        "networks": len(infos),
+        "sizes": sizes,
+        "folds": folds,
+        "epochs": epochs,
+        "image_steps": image_steps,
+        "fit_seconds": round(fit, 1),
+        "wall_seconds": round(wall, 1),
+        "image_steps_per_s": round(image_steps / fit, 1),
+        "peak_rss_mb": round(_peak_rss_mb()),
+    }
+    print(
+        f"stacked_sweep engine on {result['device']}, {threads} threads: {len(infos)} paper CNNs "
+        f"(sizes {min(sizes)}-{max(sizes)} x {folds} folds), {epochs} epochs each, 257 px, "
+        f"batch 5:\n  {image_steps} image-steps in {fit:.1f} s of fit ({wall:.1f} s wall): "
+        f"{result['image_steps_per_s']:.1f} image-steps/s; peak memory {result['peak_rss_mb']} MB"
+    )
+    return result
 
 
 def _range_note(rates: list[float]) -> str:
@@ -376,13 +435,17 @@ def sweep_cost(
 ) -> dict:
     """Epochs per training and job seconds of a finished sweep (EXPERIMENT/train).
 
-    With `sizes` and `folds`, also projects the wall time of a sweep of those sizes x folds
-    on `cores` cores: job seconds per size interpolated linearly between the sizes measured.
+    A stacked engine's job (train_info's networks_in_job) counts its seconds once, shared
+    among its networks. With `sizes` and `folds`, also projects the wall time of a sweep of
+    those sizes x folds on `cores` cores: job seconds per size interpolated linearly between
+    the sizes measured.
     """
     paths = sorted(train_root.glob("n*/fold*/train_info.json"))
     if not paths:
         raise FewcellsError(f"{train_root}: no n*/fold*/train_info.json files")
     frame = pd.DataFrame([json.loads(p.read_text()) for p in paths])
+    if "networks_in_job" in frame:
+        frame["seconds"] /= frame["networks_in_job"].fillna(1)
     result = {
         "trainings": len(frame),
         "epochs_median": float(frame["epochs_run"].median()),

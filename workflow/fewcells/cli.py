@@ -142,7 +142,7 @@ def cmd_store(args) -> None:
     print(f"store: {len(kept)} images at {args.image_size} px in {args.out}", file=sys.stderr)
 
 
-def _train_fold(args, fold: int, out: Path) -> None:
+def _train_fold(args, fold: int, size: int, out: Path) -> None:
     """One (training size, fold) training of `train` or `train-folds`, written to OUT."""
     from fewcells.train import run_training
 
@@ -151,23 +151,27 @@ def _train_fold(args, fold: int, out: Path) -> None:
         args.folds / "folds.csv",
         args.folds / "classes.json",
         fold,
-        args.size,
+        size,
         args.train_config,
         args.model_config,
         out,
         image_size=args.image_size,
         progress=args.progress,
     )
-    print(f"{args.command}: fold {fold} size {args.size}: {json.dumps(info)}", file=sys.stderr)
+    print(f"{args.command}: fold {fold} size {size}: {json.dumps(info)}", file=sys.stderr)
 
 
 def cmd_train(args) -> None:
-    _train_fold(args, args.fold, args.out)
+    _train_fold(args, args.fold, args.size, args.out)
 
 
 def cmd_train_folds(args) -> None:
-    for fold in args.fold_ids:
-        _train_fold(args, fold, args.out / f"fold{fold}")
+    from fewcells.runtime import release_freed_memory
+
+    for size in args.sizes:
+        for fold in args.fold_ids:
+            _train_fold(args, fold, size, args.out / f"n{size}" / f"fold{fold}")
+            release_freed_memory()
 
 
 def cmd_train_stacked(args) -> None:
@@ -178,14 +182,15 @@ def cmd_train_stacked(args) -> None:
         args.folds / "folds.csv",
         args.folds / "classes.json",
         args.fold_ids,
-        args.size,
+        args.sizes,
         args.train_config,
         args.model_config,
         args.out,
         image_size=args.image_size,
+        engine=args.engine,
     )
-    epochs = ", ".join(f"fold {i['fold']}: {i['epochs_run']}" for i in infos)
-    print(f"train-stacked: size {args.size}, epochs {epochs}", file=sys.stderr)
+    epochs = ", ".join(f"n{i['size']} fold {i['fold']}: {i['epochs_run']}" for i in infos)
+    print(f"train-stacked: epochs {epochs}", file=sys.stderr)
 
 
 def cmd_pretrain(args) -> None:
@@ -320,6 +325,10 @@ def cmd_benchmark(args) -> None:
         )
     elif args.what == "dedup":
         result = benchmark.benchmark_dedup(n_images=args.images, threads=args.cores)
+    elif args.what == "stacked-sweep":
+        result = benchmark.benchmark_stacked_sweep(
+            sizes=args.sizes, folds=args.folds, epochs=args.epochs, threads=args.cores
+        )
     else:
         if args.train_root is None:
             raise FewcellsError("benchmark sweep: give --train-root RESULTS/EXPERIMENT/train")
@@ -335,16 +344,16 @@ def cmd_benchmark(args) -> None:
         write_json(result, args.json)
 
 
-def _add_per_size_arguments(p: argparse.ArgumentParser) -> None:
-    """The arguments of the commands that train every fold of one training size."""
+def _add_many_trainings_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of the commands that train every fold of several training sizes."""
     p.add_argument("--store", type=Path, required=True)
     p.add_argument("--folds", type=Path, required=True, help="folder with folds.csv, classes.json")
     p.add_argument("--fold-ids", type=_int_list, required=True, help="comma-separated folds")
-    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--sizes", type=_int_list, required=True, help="comma-separated sizes")
     p.add_argument("--image-size", type=int, required=True)
     p.add_argument("--train-config", type=_json, default={})
     p.add_argument("--model-config", type=_json, default={"name": "paper_cnn"})
-    p.add_argument("--out", type=Path, required=True, help="the size's folder: OUT/fold{k}/")
+    p.add_argument("--out", type=Path, required=True, help="train folder: OUT/n{size}/fold{k}/")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -409,13 +418,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("train-folds", help="train one training size's folds one after another")
-    _add_per_size_arguments(p)
+    p = sub.add_parser("train-folds", help="train sizes x folds one after another, one process")
+    _add_many_trainings_arguments(p)
     p.add_argument("--progress", action="store_true")
     p.set_defaults(func=cmd_train_folds)
 
-    p = sub.add_parser("train-stacked", help="train one training size's folds as one model")
-    _add_per_size_arguments(p)
+    p = sub.add_parser("train-stacked", help="train sizes x folds side by side as one model")
+    _add_many_trainings_arguments(p)
+    p.add_argument(
+        "--engine",
+        default="stacked",
+        choices=["stacked", "stacked_sweep"],
+        help="the train.engine recorded in train_info.json",
+    )
     p.set_defaults(func=cmd_train_stacked)
 
     p = sub.add_parser("pretrain", help="train one network on a source experiment's images")
@@ -512,11 +527,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tsne)
 
     p = sub.add_parser("benchmark", help="print speed and memory numbers (see fewcells.benchmark)")
-    p.add_argument("what", choices=["training", "workflow", "dedup", "sweep"])
+    p.add_argument("what", choices=["training", "workflow", "dedup", "sweep", "stacked-sweep"])
     p.add_argument("--cores", type=int, default=None, help="default: all cores")
     p.add_argument("--size", type=int, default=100, help="training: training-set size")
     p.add_argument("--model", default="paper_cnn", help="training: model.name to measure")
-    p.add_argument("--epochs", type=int, default=30, help="training: epochs per measurement")
+    p.add_argument(
+        "--epochs", type=int, default=30, help="training, stacked-sweep: epochs per network"
+    )
+    p.add_argument(
+        "--sizes",
+        type=_int_list,
+        default=list(range(10, 201, 10)),
+        help="stacked-sweep: comma-separated training sizes (the paper's 10-200)",
+    )
+    p.add_argument("--folds", type=int, default=10, help="stacked-sweep: folds per size")
     p.add_argument(
         "--repeats", type=int, default=1, help="training: plain/workflow pairs; medians reported"
     )

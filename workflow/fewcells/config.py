@@ -87,7 +87,7 @@ def validate_config(config: dict) -> dict:
         _check_subset(
             f"{key}.tsne.fold", None if tsne_fold is None else [tsne_fold], fold_ids(experiment)
         )
-        if experiment["train"]["engine"] == "stacked":
+        if experiment["train"]["engine"] in STACKED_ENGINES:
             _check_stacked(key, experiment)
         _check_merged(key, experiment)
         dataset = config["datasets"][experiment["dataset"]]
@@ -106,27 +106,25 @@ def validate_config(config: dict) -> dict:
 
 
 STACKED_MODELS = ("paper_cnn",)  # networks without BatchNorm buffers
+STACKED_ENGINES = ("stacked", "stacked_sweep")
 
 
 def _check_stacked(key: str, experiment: dict) -> None:
-    """train.engine stacked: a network without BatchNorm, 32-bit, no class balancing."""
+    """train.engine stacked or stacked_sweep: a network without BatchNorm, 32-bit, trained
+    from a fixed start."""
     train = experiment["train"]
+    engine = f"config key {key}.train.engine: {train['engine']!r}"
     if experiment["model"]["name"] not in STACKED_MODELS:
         raise FewcellsError(
-            f"config key {key}.train.engine: 'stacked' trains {', '.join(STACKED_MODELS)} only "
-            f"(model.name is {experiment['model']['name']!r}, which has BatchNorm); use 'per_fold'"
+            f"{engine} trains {', '.join(STACKED_MODELS)} only (model.name is "
+            f"{experiment['model']['name']!r}, which has BatchNorm); use 'per_fold'"
         )
     if train["precision"] != "32-true":
-        raise FewcellsError(f"config key {key}.train.engine: 'stacked' needs precision '32-true'")
-    if train["balance_to"] is not None:
-        raise FewcellsError(
-            f"config key {key}.train.engine: 'stacked' needs equal training sets in every fold; "
-            "balance_to makes them differ - use 'per_fold'"
-        )
+        raise FewcellsError(f"{engine} needs precision '32-true'")
     if experiment["model"]["pretrained"] is not None or train["finetune"] is not None:
         raise FewcellsError(
-            f"config key {key}.train.engine: 'stacked' trains from a fixed start without the "
-            "fine-tuning schedule (model.pretrained, train.finetune) - use 'per_fold'"
+            f"{engine} trains from a fixed start without the fine-tuning schedule "
+            "(model.pretrained, train.finetune) - use 'per_fold'"
         )
 
 

@@ -1,18 +1,26 @@
-"""The fold-stacked engine (train.engine: stacked): every fold of one training size in one job.
+"""The stacked engines: many paper CNNs trained side by side as one model, in one job.
 
-The folds' paper CNNs are trained side by side as one model (parameters stacked along a new
-first dimension; one grouped convolution per layer instead of one small kernel per fold),
-with the images resident on the device and augmented there. Each fold keeps its own
-protocol exactly as in the per-fold engine (train.py): the same initial weights, the same
-batch order (a RandomSampler-equivalent shuffle seeded per fold), the same augmentation draws
-(a generator per fold seeded as in CellClassifier), an optimizer that acts element-wise on
-each fold's parameters, and its own early stopping and best-val-loss checkpoint. So the
-per-fold results are those of the per-fold engine up to floating-point summation order.
+train.engine stacked trains every fold of one training size in a job; stacked_sweep every
+fold of every training size of the experiment in a single job (the paper's 200 networks in
+one process and one set of kernels per step, which is what a GPU needs: many processes
+sharing one GPU are each bound by the CPU time they spend launching small kernels).
+
+The networks' parameters are stacked along a new first dimension, so each layer is one grouped
+convolution or batched matrix product whatever their number; the images are resident on the
+device and augmented there. Each network keeps its own protocol exactly as in the per-fold
+engine (train.py): the same initial weights, the same batch order (a RandomSampler-equivalent
+shuffle seeded per network), the same augmentation draws (a generator per network seeded as in
+CellClassifier), an optimizer that acts element-wise on each network's parameters, and its
+own early stopping and best-val-loss checkpoint. Training sets of different sizes have epochs
+of different lengths: every network takes one step per global step (a short last batch is
+padded, the padding weighted zero) and is validated when its own epoch ends; networks that
+have stopped are taken out of the stack. So the results are those of the per-fold engine up
+to floating-point summation order.
 
 The loop is plain PyTorch rather than a Lightning Trainer: with 2-step epochs (10 training
 images) the Trainer's per-epoch work would cost more than the training itself. The outputs of
-each fold are the per-fold engine's files (model.ckpt is a Lightning checkpoint of a
-CellClassifier), written atomically fold by fold.
+each network are the per-fold engine's files (model.ckpt is a Lightning checkpoint of a
+CellClassifier), written atomically network by network at the end.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,7 +48,6 @@ from fewcells.runtime import keep_freed_memory, unfilled_new_memory
 from fewcells.train import (
     EVAL_BATCH_SIZE,
     OPTIMIZERS,
-    PROGRESS_EVERY_EPOCHS,
     CellClassifier,
     CellDataModule,
     EpochHistory,
@@ -51,8 +59,12 @@ from fewcells.train import (
     trains_on_cpu,
 )
 
+CHECK_EVERY_STEPS = 10  # how often the loop waits for the device to learn which networks stopped
+PROGRESS_EVERY_SECONDS = 30
+VALIDATION_IMAGES_PER_PASS = 1024  # networks x images validated in one forward pass, at most
 
-def fold_seed(train_cfg: dict, fold: int, size: int) -> int:
+
+def training_seed(train_cfg: dict, fold: int, size: int) -> int:
     """The seed of one (fold, size) training, as in the per-fold engine."""
     return int(train_cfg["seed"]) + 1000 * fold + size
 
@@ -96,16 +108,15 @@ class StackedNetworks(nn.Module):
     def __len__(self) -> int:
         return len(self.stacked[0])
 
-    def _parameter(self, name: str) -> torch.Tensor:
-        return self.stacked[self.names.index(name)]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, params: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits of the stacked networks, or of the networks whose stacked parameters
+        (in self.names order, e.g. from subset()) are `params`."""
+        named = dict(zip(self.names, self.stacked if params is None else params, strict=True))
         k, b = x.shape[:2]
         h = x.transpose(0, 1).reshape(b, -1, *x.shape[3:])  # (B, K*C, H, W)
         for kind, prefix in self.layers:
             if kind == "Conv2d":
-                weight = self._parameter(f"{prefix}.weight")
-                bias = self._parameter(f"{prefix}.bias")
+                weight, bias = named[f"{prefix}.weight"], named[f"{prefix}.bias"]
                 h = F.conv2d(h, weight.flatten(0, 1), bias.flatten(), groups=k)
             elif kind == "MaxPool2d":
                 h = F.max_pool2d(h, 2)
@@ -113,37 +124,32 @@ class StackedNetworks(nn.Module):
                 h = F.relu(h)
             else:  # Flatten, per network: (K, B, C*h*w)
                 h = h.reshape(b, k, -1).transpose(0, 1)
-        h = torch.baddbmm(
-            self._parameter("hidden.bias")[:, None], h, self._parameter("hidden.weight").mT
-        )
+        h = torch.baddbmm(named["hidden.bias"][:, None], h, named["hidden.weight"].mT)
         return torch.baddbmm(
-            self._parameter("classifier.bias")[:, None],
-            F.relu(h),
-            self._parameter("classifier.weight").mT,
+            named["classifier.bias"][:, None], F.relu(h), named["classifier.weight"].mT
         )
 
-    def state_dicts(self) -> list[dict[str, torch.Tensor]]:
-        """One state_dict per network, detached copies on the CPU."""
-        return [
-            {
-                name: p[k].detach().cpu().clone()
-                for name, p in zip(self.names, self.stacked, strict=True)
-            }
-            for k in range(len(self))
-        ]
+    def subset(self, positions: torch.Tensor) -> list[torch.Tensor]:
+        """The stacked parameters of the networks at `positions` (copies)."""
+        return [p[positions] for p in self.stacked]
+
+    def keep(self, positions: torch.Tensor) -> None:
+        """Keep only the networks at `positions`, in that order."""
+        for i, p in enumerate(self.stacked):
+            self.stacked[i] = nn.Parameter(p.detach()[positions])
 
 
-class FoldStackState:
-    """Early stopping and best-weights bookkeeping for K networks (device tensors, no syncs).
+class StackState:
+    """Early stopping and best weights of the networks in the stack (device tensors, no syncs).
 
     Mirrors Lightning's EarlyStopping (mode min, min_delta 0) and ModelCheckpoint (save when
-    strictly better): a network stops once `patience` epochs in a row brought no improvement;
-    the weights of its best epoch are kept.
+    strictly better): a network stops once `patience` epochs in a row brought no improvement,
+    or after `max_epochs`; the weights of its best epoch are kept.
     """
 
-    def __init__(self, model: StackedNetworks, patience: int) -> None:
+    def __init__(self, model: StackedNetworks, patience: int, max_epochs: int) -> None:
         k, device = len(model), model.stacked[0].device
-        self.patience = patience
+        self.patience, self.max_epochs = patience, max_epochs
         self.best_loss = torch.full((k,), float("inf"), device=device)
         self.best_epoch = torch.zeros(k, dtype=torch.int64, device=device)
         self.wait = torch.zeros(k, dtype=torch.int64, device=device)
@@ -152,17 +158,73 @@ class FoldStackState:
         self.best_params = [p.detach().clone() for p in model.stacked]
 
     @torch.no_grad()
-    def update(self, model: StackedNetworks, epoch: int, val_loss: torch.Tensor) -> None:
-        """Record epoch `epoch` (1-based) for the networks still training."""
-        improved = self.active & (val_loss < self.best_loss)
-        self.best_loss = torch.where(improved, val_loss, self.best_loss)
-        self.best_epoch = torch.where(improved, epoch, self.best_epoch)
+    def update(
+        self,
+        model: StackedNetworks,
+        positions: torch.Tensor,
+        epochs: torch.Tensor,
+        val_loss: torch.Tensor,
+    ) -> None:
+        """Record the epochs `epochs` (1-based) that the networks at `positions` just ended."""
+        active = self.active[positions]
+        improved = active & (val_loss < self.best_loss[positions])
+        self.best_loss[positions] = torch.where(improved, val_loss, self.best_loss[positions])
+        self.best_epoch[positions] = torch.where(improved, epochs, self.best_epoch[positions])
         for best, current in zip(self.best_params, model.stacked, strict=True):
             mask = improved.view(-1, *([1] * (best.dim() - 1)))
-            best.copy_(torch.where(mask, current, best))
-        self.wait = torch.where(improved, 0, self.wait + self.active.long())
-        self.stop_epoch = torch.where(self.active, epoch, self.stop_epoch)
-        self.active = self.active & (self.wait < self.patience)
+            best[positions] = torch.where(mask, current[positions], best[positions])
+        wait = torch.where(improved, 0, self.wait[positions] + active.long())
+        self.wait[positions] = wait
+        self.stop_epoch[positions] = torch.where(active, epochs, self.stop_epoch[positions])
+        self.active[positions] = active & (wait < self.patience) & (epochs < self.max_epochs)
+
+    def keep(self, positions: torch.Tensor) -> None:
+        """Keep only the networks at `positions`, in that order."""
+        for name in ("best_loss", "best_epoch", "wait", "active", "stop_epoch"):
+            setattr(self, name, getattr(self, name)[positions])
+        self.best_params = [best[positions] for best in self.best_params]
+
+
+class StackData:
+    """Each network's training and validation images as positions into one device tensor that
+    holds every store image they use once; per-network rows padded to the longest set."""
+
+    def __init__(self, data: list[CellDataModule], device: torch.device) -> None:
+        train, val = [], []  # (store rows, targets) per network
+        for d in data:
+            frame = d.read_fold()
+            for role, sets in (("train", train), ("val", val)):
+                part = frame[frame["role"] == role]
+                positions = d.role_positions(role)
+                sets.append(
+                    (part["store_row"].to_numpy()[positions], part["target"].to_numpy()[positions])
+                )
+        used = np.unique(np.concatenate([rows for rows, _ in train + val]))
+        store = np.load(data[0].store_dir / "images.npy", mmap_mode="r")
+        self.images = torch.from_numpy(np.ascontiguousarray(store[used])).to(device)
+        self.n_train = np.array([len(rows) for rows, _ in train])
+        self.n_val = np.array([len(rows) for rows, _ in val])
+        self.train_rows, self.train_targets = _padded(train, used, device)
+        self.val_rows, self.val_targets = _padded(val, used, device)
+
+    def keep(self, positions: np.ndarray) -> None:
+        """Keep only the networks at `positions`, in that order."""
+        index = torch.from_numpy(positions).to(self.train_rows.device)
+        self.n_train, self.n_val = self.n_train[positions], self.n_val[positions]
+        for name in ("train_rows", "train_targets", "val_rows", "val_targets"):
+            setattr(self, name, getattr(self, name)[index])
+
+
+def _padded(
+    sets: list[tuple[np.ndarray, np.ndarray]], used: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, longest) positions into `used` and targets, zero-padded."""
+    rows = np.zeros((len(sets), max(len(r) for r, _ in sets)), dtype=np.int64)
+    targets = np.zeros_like(rows)
+    for k, (store_rows, set_targets) in enumerate(sets):
+        rows[k, : len(store_rows)] = np.searchsorted(used, store_rows)
+        targets[k, : len(set_targets)] = set_targets
+    return torch.from_numpy(rows).to(device), torch.from_numpy(targets).to(device)
 
 
 @contextlib.contextmanager
@@ -182,42 +244,218 @@ def _deterministic(device: torch.device) -> Iterator[None]:
         torch.backends.cudnn.benchmark = previous[1]
 
 
-def _equal_lengths(data: list[CellDataModule], role: str) -> int:
-    lengths = {d.fold: len(d.splits[role]) for d in data}
-    if len(set(lengths.values())) != 1:
-        raise FewcellsError(
-            f"train.engine: 'stacked' needs the same number of {role} images in every fold; "
-            f"size {data[0].size} has {lengths} (balance_to or uneven folds) - use 'per_fold'"
+class StackedFit:
+    """The training loop of K stacked networks, each with its own epochs and early stopping.
+
+    Networks are referred to by their index in the job's list of trainings ("network k") and,
+    while they train, by their position in the shrinking stack.
+    """
+
+    def __init__(
+        self,
+        model: StackedNetworks,
+        data: StackData,
+        augment: nn.Module,
+        seeds: list[int],
+        cfg: dict,
+        label: str,
+    ) -> None:
+        self.model, self.data, self.augment, self.cfg, self.label = model, data, augment, cfg, label
+        self.device = data.images.device
+        self.batch_size = int(cfg["batch_size"])
+        self.shufflers = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.augmenters = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+        self.optimizer = OPTIMIZERS[cfg["optimizer"]](model.parameters(), cfg)
+        self.state = StackState(model, int(cfg["patience"]), int(cfg["max_epochs"]))
+        k = len(model)
+        self.networks = np.arange(k)  # network index of each stack position
+        self.steps_per_epoch = -(-data.n_train // self.batch_size)
+        self.step = np.zeros(k, dtype=np.int64)  # step within the current epoch
+        self.epoch = np.zeros(k, dtype=np.int64)  # epochs ended
+        self.orders = torch.zeros_like(data.train_rows)  # this epoch's order, per network
+        self.loss_sum = torch.zeros(k, device=self.device)  # this epoch's summed image losses
+        self.pending: list[tuple[np.ndarray, np.ndarray, torch.Tensor]] = []
+        self.rows: list[list[tuple[int, float, float, float]]] = [[] for _ in range(k)]
+        self.finished: dict[int, dict] = {}
+
+    def run(self) -> float:
+        """Train until every network has stopped; returns the seconds it took."""
+        started = last_report = time.perf_counter()
+        global_step = 0
+        while len(self.networks):
+            self._shuffle(np.flatnonzero(self.step == 0))
+            self._train_step()
+            self.step += 1
+            ended = np.flatnonzero(self.step == self.steps_per_epoch[self.networks])
+            if len(ended):
+                self._end_epochs(ended)
+            global_step += 1
+            if global_step % CHECK_EVERY_STEPS == 0 or len(ended) == len(self.networks):
+                stopped = self._take_out_stopped()
+                now = time.perf_counter()
+                if stopped or now - last_report > PROGRESS_EVERY_SECONDS:
+                    last_report = now
+                    print(
+                        f"{self.label}: {len(self.finished)} of {len(self.rows)} networks "
+                        f"finished, {len(self.networks)} training (step {global_step}, "
+                        f"{now - started:.0f} s)",
+                        file=sys.stderr,
+                    )
+        return time.perf_counter() - started
+
+    def _shuffle(self, positions: np.ndarray) -> None:
+        """New epoch orders for the networks at `positions`, as RandomSampler draws them (one
+        randperm for the epoch and one for its empty remainder)."""
+        if not len(positions):
+            return
+        orders = torch.zeros((len(positions), self.orders.shape[1]), dtype=torch.int64)
+        for i, p in enumerate(positions):
+            n, shuffler = int(self.data.n_train[p]), self.shufflers[self.networks[p]]
+            orders[i, :n] = torch.randperm(n, generator=shuffler)
+            torch.randperm(n, generator=shuffler)
+        self.orders[torch.from_numpy(positions).to(self.device)] = orders.to(self.device)
+
+    def _train_step(self) -> None:
+        """One step of every network in the stack, on its next batch."""
+        b = self.batch_size
+        columns = self.step[:, None] * b + np.arange(b)
+        valid = columns < self.data.n_train[:, None]
+        counts = valid.sum(axis=1)
+        columns = torch.from_numpy(np.where(valid, columns, 0)).to(self.device)
+        picked = self.orders.gather(1, columns)
+        rows = self.data.train_rows.gather(1, picked)
+        targets = self.data.train_targets.gather(1, picked)
+        x = to_model_input(self.data.images[rows.flatten()])
+        draws = [
+            self.augment.sample(int(c), x.shape[1:], self.augmenters[k], self.device)
+            for c, k in zip(counts, self.networks, strict=True)
+        ]
+        merged = {key: torch.cat([_padded_draw(d[key], b) for d in draws]) for key in draws[0]}
+        x = self.augment.apply(x, merged).reshape(len(rows), b, *x.shape[1:])
+        self.model.train()
+        logits = self.model(x.contiguous())
+        losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+        valid_on_device = torch.from_numpy(valid).to(self.device)
+        summed = torch.where(valid_on_device, losses.view(len(rows), b), 0.0).sum(dim=1)
+        counts_on_device = torch.from_numpy(counts).to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        (summed / counts_on_device).sum().backward()
+        self.optimizer.step()
+        self.loss_sum += summed.detach()
+
+    def _end_epochs(self, ended: np.ndarray) -> None:
+        """Validate the networks at `ended`, whose epochs just ended; early stopping."""
+        self.epoch[ended] += 1
+        self.step[ended] = 0
+        positions = torch.from_numpy(ended).to(self.device)
+        val_loss, val_accuracy = _validate(self.model, self.data, ended)
+        train_loss = self.loss_sum[positions] / torch.from_numpy(self.data.n_train[ended]).to(
+            self.device
         )
-    return next(iter(lengths.values()))
+        self.loss_sum[positions] = 0.0
+        epochs = torch.from_numpy(self.epoch[ended]).to(self.device)
+        self.state.update(self.model, positions, epochs, val_loss)
+        values = torch.stack((train_loss, val_loss, val_accuracy))
+        self.pending.append((self.networks[ended], self.epoch[ended], values))
+
+    def _take_out_stopped(self) -> int:
+        """Record the networks that stopped and remove them from the stack; how many."""
+        stopped = np.flatnonzero(~self.state.active.cpu().numpy())
+        if self.pending:
+            values = torch.cat([v for _, _, v in self.pending], dim=1).cpu().numpy()
+            networks = np.concatenate([n for n, _, _ in self.pending])
+            epochs = np.concatenate([e for _, e, _ in self.pending])
+            for column, (k, epoch) in enumerate(zip(networks, epochs, strict=True)):
+                self.rows[k].append((int(epoch), *map(float, values[:, column])))
+            self.pending = []
+        if not len(stopped):
+            return 0
+        state = self.state
+        for p in stopped:
+            self.finished[int(self.networks[p])] = {
+                "epochs_run": int(state.stop_epoch[p]),
+                "best_epoch": int(state.best_epoch[p]),
+                "best_val_loss": float(state.best_loss[p]),
+                "weights": {
+                    name: best[p].detach().cpu().clone()
+                    for name, best in zip(self.model.names, state.best_params, strict=True)
+                },
+            }
+        kept = np.flatnonzero(state.active.cpu().numpy())
+        index = torch.from_numpy(kept).to(self.device)
+        old_parameters = list(self.model.parameters())
+        self.model.keep(index)
+        self.optimizer = _kept_optimizer(
+            self.optimizer, old_parameters, self.model, index, self.cfg
+        )
+        state.keep(index)
+        self.data.keep(kept)
+        self.orders, self.loss_sum = self.orders[index], self.loss_sum[index]
+        self.networks, self.step, self.epoch = (
+            self.networks[kept],
+            self.step[kept],
+            self.epoch[kept],
+        )
+        return len(stopped)
 
 
-class FoldStackData:
-    """The folds' train and validation images on the device, as positions into one tensor."""
-
-    def __init__(self, data: list[CellDataModule], device: torch.device) -> None:
-        self.n_train = _equal_lengths(data, "train")
-        self.n_val = _equal_lengths(data, "val")
-        images, train_rows, val_rows, offset = [], [], [], 0
-        for d in data:
-            train, val = d.splits["train"], d.splits["val"]
-            images += [train.images, val.images]
-            train_rows.append(torch.from_numpy(train.rows) + offset)
-            offset += len(train.images)
-            val_rows.append(torch.from_numpy(val.rows) + offset)
-            offset += len(val.images)
-        self.images = torch.cat(images).to(device)
-        self.train_rows = torch.stack(train_rows).to(device)  # (K, n_train)
-        self.train_targets = torch.stack([d.splits["train"].targets for d in data]).to(device)
-        self.val_rows = torch.stack(val_rows).to(device)
-        self.val_targets = torch.stack([d.splits["val"].targets for d in data]).to(device)
+def _padded_draw(draw: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """One network's augmentation draws for a short batch, zero-padded to the batch size."""
+    if len(draw) == batch_size:
+        return draw
+    return torch.cat((draw, draw.new_zeros((batch_size - len(draw), *draw.shape[1:]))))
 
 
-def _batch(stack: FoldStackData, rows: torch.Tensor) -> torch.Tensor:
-    """Float images (K, B, C, H, W) in [0, 1] for store positions `rows` (K, B)."""
-    k, b = rows.shape
-    flat = to_model_input(stack.images[rows.reshape(-1)])
-    return flat.reshape(k, b, *flat.shape[1:])
+def _kept_optimizer(
+    optimizer: torch.optim.Optimizer,
+    old_parameters: list[nn.Parameter],
+    model: StackedNetworks,
+    index: torch.Tensor,
+    cfg: dict,
+) -> torch.optim.Optimizer:
+    """A new optimizer over `model`'s parameters carrying the kept networks' state (running
+    averages, momenta; the step count, shared by all networks, as it is)."""
+    kept = OPTIMIZERS[cfg["optimizer"]](model.parameters(), cfg)
+    for old, new in zip(old_parameters, model.parameters(), strict=True):
+        kept.state[new] = {
+            key: value[index] if torch.is_tensor(value) and value.shape == old.shape else value
+            for key, value in optimizer.state.get(old, {}).items()
+        }
+    return kept
+
+
+@torch.no_grad()
+def _validate(
+    model: StackedNetworks, data: StackData, positions: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validation loss and accuracy (E,) of the networks at `positions`."""
+    device = data.images.device
+    n_val = data.n_val[positions]
+    width = int(n_val.max())
+    per_pass = max(1, VALIDATION_IMAGES_PER_PASS // min(width, EVAL_BATCH_SIZE))
+    loss, correct = [], []
+    model.eval()
+    for first in range(0, len(positions), per_pass):
+        chosen = torch.from_numpy(positions[first : first + per_pass]).to(device)
+        params = model.subset(chosen)
+        valid = torch.arange(width, device=device) < torch.from_numpy(
+            n_val[first : first + per_pass, None]
+        ).to(device)
+        part_loss = torch.zeros(len(chosen), device=device)
+        part_correct = torch.zeros(len(chosen), device=device)
+        for start in range(0, width, EVAL_BATCH_SIZE):
+            rows = data.val_rows[chosen, start : start + EVAL_BATCH_SIZE]
+            targets = data.val_targets[chosen, start : start + EVAL_BATCH_SIZE]
+            mask = valid[:, start : start + EVAL_BATCH_SIZE]
+            x = to_model_input(data.images[rows.flatten()])
+            logits = model(x.reshape(*rows.shape, *x.shape[1:]), params).float()
+            losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
+            part_loss += torch.where(mask, losses.view(rows.shape), 0.0).sum(dim=1)
+            part_correct += ((logits.argmax(dim=2) == targets) & mask).sum(dim=1)
+        loss.append(part_loss)
+        correct.append(part_correct)
+    counts = torch.from_numpy(n_val).to(device)
+    return torch.cat(loss) / counts, torch.cat(correct) / counts
 
 
 def run_stacked_training(
@@ -225,33 +463,35 @@ def run_stacked_training(
     folds_csv: str | os.PathLike,
     classes_json: str | os.PathLike,
     folds: list[int],
-    size: int,
+    sizes: list[int],
     train_cfg: dict,
     model_cfg: dict,
     out_root: str | os.PathLike,
     *,
     image_size: int,
+    engine: str = "stacked",
 ) -> list[dict]:
-    """Train `size`-image networks for all `folds` at once; write OUT_ROOT/fold{k}/ per fold.
-
-    Returns the train_info dicts (also in each fold's train_info.json).
+    """Train a network for every fold in `folds` and size in `sizes`, all at once; write
+    OUT_ROOT/n{size}/fold{k}/ for each. Returns the train_info dicts (also in each
+    train_info.json), size by size, fold by fold.
     """
     started = time.perf_counter()
     cfg = train_config(train_cfg)
     if cfg["precision"] != "32-true":
-        raise FewcellsError("train.engine: 'stacked' trains in precision '32-true' only")
+        raise FewcellsError(f"train.engine: {engine!r} trains in precision '32-true' only")
     class_names = read_class_names(classes_json)
     torch.set_num_threads(int(cfg["threads"]))
     device = training_device(cfg["accelerator"])
-    seeds = [fold_seed(cfg, fold, size) for fold in folds]
-    batch_size = int(cfg["batch_size"])
+    trainings = [(fold, size) for size in sizes for fold in folds]
+    seeds = [training_seed(cfg, fold, size) for fold, size in trainings]
     data = [
-        fold_data(store_dir, folds_csv, classes_json, fold, size, cfg, seed, image_size)
-        for fold, seed in zip(folds, seeds, strict=True)
+        fold_data(
+            store_dir, folds_csv, classes_json, fold, size, cfg, seed, image_size, read_images=False
+        )
+        for (fold, size), seed in zip(trainings, seeds, strict=True)
     ]
-
     with _deterministic(device):
-        # The initial weights of fold k: the per-fold engine seeds everything, then builds.
+        # The initial weights of network k: the per-fold engine seeds everything, then builds.
         modules = []
         for seed in seeds:
             L.seed_everything(seed, workers=True, verbose=False)
@@ -259,65 +499,40 @@ def run_stacked_training(
                 CellClassifier(model_cfg, len(class_names), image_size, cfg, class_names, seed)
             )
         model = StackedNetworks([m.model for m in modules]).to(device)
-        stack = FoldStackData(data, device)
-        augment = modules[0].augment
-        shufflers = [torch.Generator().manual_seed(seed) for seed in seeds]
-        augmenters = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
-        optimizer = OPTIMIZERS[cfg["optimizer"]](model.parameters(), cfg)
-        state = FoldStackState(model, int(cfg["patience"]))
-        histories = [EpochHistory(fold, size) for fold in folds]
-        epoch_rows: list[torch.Tensor] = []
-        fit_started = time.perf_counter()
-        for epoch in range(1, int(cfg["max_epochs"]) + 1):
-            train_loss = _train_epoch(
-                model, optimizer, stack, augment, shufflers, augmenters, batch_size
-            )
-            val_loss, val_accuracy = _validate(model, stack)
-            state.update(model, epoch, val_loss)
-            epoch_rows.append(torch.stack((train_loss, val_loss, val_accuracy)))
-            if epoch == 1 or epoch % PROGRESS_EVERY_EPOCHS == 0 or not state.active.any():
-                running = int(state.active.sum())
-                print(
-                    f"size {size}: epoch {epoch}, {running} of {len(folds)} folds training, "
-                    f"mean val_loss {float(val_loss.mean()):.4f} "
-                    f"({time.perf_counter() - fit_started:.0f} s)",
-                    file=sys.stderr,
-                )
-                if running == 0:
-                    break
-        fit_seconds = time.perf_counter() - fit_started
-        lr = optimizer.param_groups[0]["lr"]
-        rows = torch.stack(epoch_rows).cpu().numpy()  # (epochs, 3, K)
-        stop_epochs = state.stop_epoch.cpu().tolist()
-        for k, history in enumerate(histories):
+        label = f"{engine}, sizes {_ranges(sizes)} x folds {_ranges(folds)}"
+        fit = StackedFit(model, StackData(data, device), modules[0].augment, seeds, cfg, label)
+        fit_seconds = fit.run()
+        useful_steps = sum(
+            int(fit.finished[k]["epochs_run"]) * len(d.role_positions("train"))
+            for k, d in enumerate(data)
+        )
+        infos = []
+        for k, ((fold, size), seed) in enumerate(zip(trainings, seeds, strict=True)):
+            result = fit.finished[k]
+            modules[k].model.load_state_dict(result["weights"])
+            history = EpochHistory(fold, size)
             history.rows = [
                 {
-                    "fold": history.fold,
+                    "fold": fold,
                     "size": size,
-                    "epoch": e + 1,
-                    "train_loss": float(rows[e, 0, k]),
-                    "val_loss": float(rows[e, 1, k]),
-                    "val_accuracy": float(rows[e, 2, k]),
-                    "lr": lr,
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "val_loss": val_loss,
+                    "val_accuracy": val_accuracy,
+                    "lr": cfg["lr"],
                 }
-                for e in range(stop_epochs[k])
+                for epoch, train_loss, val_loss, val_accuracy in fit.rows[k]
+                if epoch <= result["epochs_run"]
             ]
-        for params, best in zip(model.stacked, state.best_params, strict=True):
-            params.data.copy_(best)
-        useful_steps = sum(len(h.rows) for h in histories) * stack.n_train
-        infos = []
-        best_weights = model.state_dicts()
-        for k, (fold, seed) in enumerate(zip(folds, seeds, strict=True)):
-            modules[k].model.load_state_dict(best_weights[k])
             info = {
-                "engine": "stacked",
-                "folds_in_job": len(folds),
+                "engine": engine,
+                "networks_in_job": len(trainings),
                 "fold": fold,
                 "size": size,
                 "n_train_images": int((data[k].fold_frame["role"] == "train").sum()),
-                "epochs_run": stop_epochs[k],
-                "best_epoch": int(state.best_epoch[k]),
-                "best_val_loss": float(state.best_loss[k]),
+                "epochs_run": result["epochs_run"],
+                "best_epoch": result["best_epoch"],
+                "best_val_loss": result["best_val_loss"],
                 "seconds": time.perf_counter() - started,
                 "fit_seconds": fit_seconds,
                 "image_steps_per_second": useful_steps / fit_seconds,
@@ -327,13 +542,13 @@ def run_stacked_training(
                 "n_parameters": sum(p.numel() for p in modules[k].model.parameters()),
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
-            print(f"{histories[k].describe()} (stacked, {fit_seconds:.0f} s)", file=sys.stderr)
+            print(f"{history.describe()} ({engine}, {fit_seconds:.0f} s)", file=sys.stderr)
             _write_fold(
-                Path(out_root) / f"fold{fold}",
+                Path(out_root) / f"n{size}" / f"fold{fold}",
                 modules[k],
                 data[k],
                 class_names,
-                histories[k],
+                history,
                 info,
                 device,
             )
@@ -341,59 +556,9 @@ def run_stacked_training(
     return infos
 
 
-def _train_epoch(
-    model: StackedNetworks,
-    optimizer: torch.optim.Optimizer,
-    stack: FoldStackData,
-    augment: nn.Module,
-    shufflers: list[torch.Generator],
-    augmenters: list[torch.Generator],
-    batch_size: int,
-) -> torch.Tensor:
-    """One epoch of every network; returns each network's mean training loss (K,)."""
-    n = stack.n_train
-    # RandomSampler draws randperm(n) for the epoch and one more for the (empty) remainder.
-    orders = []
-    for shuffler in shufflers:
-        orders.append(torch.randperm(n, generator=shuffler))
-        torch.randperm(n, generator=shuffler)
-    order = torch.stack(orders).to(stack.images.device)
-    positions = stack.train_rows.gather(1, order)
-    targets = stack.train_targets.gather(1, order)
-    total = torch.zeros(len(model), device=stack.images.device)
-    model.train()
-    for start in range(0, n, batch_size):
-        rows, y = positions[:, start : start + batch_size], targets[:, start : start + batch_size]
-        x = _batch(stack, rows)
-        k, b = rows.shape
-        draws = [augment.sample(b, x.shape[2:], g, x.device) for g in augmenters]
-        merged = {key: torch.cat([d[key] for d in draws]) for key in draws[0]}
-        x = augment.apply(x.reshape(k * b, *x.shape[2:]), merged).reshape(x.shape)
-        logits = model(x.contiguous())
-        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-        losses = losses.view(k, b).mean(dim=1)
-        optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        optimizer.step()
-        total += losses.detach() * b
-    return total / n
-
-
-@torch.no_grad()
-def _validate(model: StackedNetworks, stack: FoldStackData) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each network's validation loss and accuracy (K,), in batches as the per-fold engine."""
-    model.eval()
-    loss = torch.zeros(len(model), device=stack.images.device)
-    correct = torch.zeros(len(model), device=stack.images.device)
-    for start in range(0, stack.n_val, EVAL_BATCH_SIZE):
-        rows = stack.val_rows[:, start : start + EVAL_BATCH_SIZE]
-        y = stack.val_targets[:, start : start + EVAL_BATCH_SIZE]
-        logits = model(_batch(stack, rows)).float()
-        k, b = rows.shape
-        batch_loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
-        loss += batch_loss.view(k, b).mean(dim=1) * b
-        correct += (logits.argmax(dim=2) == y).float().sum(dim=1)
-    return loss / stack.n_val, correct / stack.n_val
+def _ranges(values: list[int]) -> str:
+    """'10-200' for several values, '10' for one."""
+    return f"{min(values)}-{max(values)}" if len(values) > 1 else str(values[0])
 
 
 @torch.no_grad()
@@ -406,7 +571,7 @@ def _write_fold(
     info: dict,
     device: torch.device,
 ) -> None:
-    """One fold's model.ckpt, history, predictions, embeddings and train_info, atomically."""
+    """One network's model.ckpt, history, predictions, embeddings and train_info, atomically."""
     module = module.to(device).eval()
     predictions = []
     for images, targets in data.predict_dataloader():

@@ -258,20 +258,32 @@ class CellDataModule(L.LightningDataModule):
             raise FewcellsError(f"{where}: no validation images (role 'val')")
         return frame
 
+    def read_fold(self) -> pd.DataFrame:
+        """The checked fold_frame (the store memory-mapped, no image read), once."""
+        if self.fold_frame is None:
+            images, index = self._open_store()
+            self.fold_frame = self._fold_frame(index)
+            self._store_images = images
+        return self.fold_frame
+
+    def role_positions(self, role: str) -> np.ndarray:
+        """Positions into the fold_frame rows of `role` that make up its split: every row once,
+        the training rows oversampled to balance_to per class when that is set."""
+        targets = self.read_fold().loc[lambda f: f["role"] == role, "target"].to_numpy()
+        if role == "train" and self.balance_to:
+            return balanced_positions(targets, self.balance_to)
+        return np.arange(len(targets))
+
     def setup(self, stage: str) -> None:
-        """Read the store and the fold (once; later calls for other stages reuse it)."""
-        if self.fold_frame is not None:
+        """Read the fold's train, val and test images into memory (once)."""
+        if self.splits:
             return
-        images, index = self._open_store()
-        frame = self._fold_frame(index)
-        self._store_images = images
-        self.fold_frame = frame
+        frame = self.read_fold()
         for role in ("train", "val", "test"):
             part = frame[frame["role"] == role]
-            in_memory = torch.from_numpy(np.ascontiguousarray(images[part["store_row"].to_numpy()]))
-            positions = np.arange(len(part))
-            if role == "train" and self.balance_to:
-                positions = balanced_positions(part["target"].to_numpy(), self.balance_to)
+            rows = part["store_row"].to_numpy()
+            in_memory = torch.from_numpy(np.ascontiguousarray(self._store_images[rows]))
+            positions = self.role_positions(role)
             self.splits[role] = IndexedImages(
                 in_memory, positions, part["target"].to_numpy()[positions]
             )
@@ -734,8 +746,11 @@ def fold_data(
     cfg: dict,
     seed: int,
     image_size: int,
+    *,
+    read_images: bool = True,
 ) -> CellDataModule:
-    """The set-up data of one (fold, size) training; targets checked against CLASSES.json."""
+    """The data of one (fold, size) training, targets checked against CLASSES.json; set up
+    (images in memory) unless `read_images` is False (only the fold_frame read)."""
     n_classes = len(read_class_names(classes_json))
     data = CellDataModule(
         store_dir,
@@ -747,8 +762,9 @@ def fold_data(
         balance_to=cfg["balance_to"],
         image_size=image_size,
     )
-    data.setup("fit")
-    if not data.fold_frame["target"].between(0, n_classes - 1).all():
+    if read_images:
+        data.setup("fit")
+    if not data.read_fold()["target"].between(0, n_classes - 1).all():
         raise FewcellsError(
             f"{folds_csv}: targets outside 0..{n_classes - 1} ({classes_json} lists "
             f"{n_classes} classes)"

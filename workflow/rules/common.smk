@@ -85,16 +85,21 @@ wildcard_constraints:
 
 
 # train.engine: per_fold experiments train in rule train, one job per (size, fold); the
-# others in one rule each whose jobs train every fold of one size, by this fewcells command.
-PER_SIZE_COMMANDS = {"sequential": "train-folds", "stacked": "train-stacked"}
+# others in one rule each, whose jobs train many networks (every fold of one size, or with
+# stacked_sweep of every size) by this fewcells command.
+MANY_TRAININGS_COMMANDS = {
+    "sequential": "train-folds",
+    "stacked": "train-stacked --engine stacked",
+    "stacked_sweep": "train-stacked --engine stacked_sweep",
+}
 
 
 def train_engine(experiment):
     return CONFIG["experiments"][experiment]["train"]["engine"]
 
 
-PER_SIZE_EXPERIMENTS = [
-    e for e in CONFIG["experiments"] if train_engine(e) in PER_SIZE_COMMANDS
+MANY_TRAININGS_EXPERIMENTS = [
+    e for e in CONFIG["experiments"] if train_engine(e) in MANY_TRAININGS_COMMANDS
 ]
 # Wildcard pattern: the experiments trained fold by fold (rule train), or none.
 PER_FOLD_EXPERIMENTS = (
@@ -103,10 +108,30 @@ PER_FOLD_EXPERIMENTS = (
 )
 
 
-def per_size_outputs(experiment):
-    """A per-size training rule's outputs: each fold's files for the size wildcard."""
+def job_sizes(experiment):
+    """The training sizes of one job of EXPERIMENT's training rule: the size wildcard, or
+    (stacked_sweep) every size."""
+    if train_engine(experiment) == "stacked_sweep":
+        return sorted(CONFIG["experiments"][experiment]["folds"]["sizes"])
+    return ["{size}"]
+
+
+def job_name(experiment):
+    """The log and benchmark file name of one job of EXPERIMENT's training rule."""
+    engine = train_engine(experiment)
+    return engine if engine == "stacked_sweep" else f"n{{size}}_{engine}"
+
+
+def job_priority(experiment):
+    """Per-size jobs: the largest sizes first, so that a sweep ends on short jobs."""
+    if train_engine(experiment) == "stacked_sweep":
+        return 0
+    return lambda wildcards: int(wildcards.size)
+
+
+def job_outputs(experiment):
+    """The outputs of one job of EXPERIMENT's training rule: each of its networks' files."""
     folds = fold_ids(CONFIG["experiments"][experiment])
-    root = f"{RESULTS}/{experiment}/train/n{{size}}"
     names = {
         "model": "model.ckpt",
         "history": "history.csv",
@@ -115,7 +140,11 @@ def per_size_outputs(experiment):
         "info": "train_info.json",
     }
     return {
-        key: [f"{root}/fold{fold}/{name}" for fold in folds]
+        key: [
+            f"{RESULTS}/{experiment}/train/n{size}/fold{fold}/{name}"
+            for size in job_sizes(experiment)
+            for fold in folds
+        ]
         for key, name in names.items()
     }
 
@@ -134,13 +163,15 @@ def train_resource(wildcards, name, attempt):
     return value * 2 ** (attempt - 1)
 
 
-def per_size_resources(experiment):
-    """A per-size training rule's resources (memory and time doubled on each retry); the
-    sequential engine's jobs get train.runtime for each fold they train."""
+def job_resources(experiment):
+    """The resources of one job of EXPERIMENT's training rule (memory and time doubled on
+    each retry): train.runtime for each fold a sequential job trains one after another, for
+    each size a stacked_sweep job trains."""
     train = CONFIG["experiments"][experiment]["train"]
     runtime = train["runtime"]
     if train["engine"] == "sequential":
         runtime *= len(fold_ids(CONFIG["experiments"][experiment]))
+    runtime *= len(job_sizes(experiment))
     resources = {
         "mem_mb": lambda wildcards, attempt: train["mem_mb"] * 2 ** (attempt - 1),
         "runtime": lambda wildcards, attempt: runtime * 2 ** (attempt - 1),

@@ -43,46 +43,46 @@ rule train:
         " --out {params.out} 2> {log}"
 
 
-for per_size_experiment in PER_SIZE_EXPERIMENTS:
-    # One job per training size trains every fold of the experiment: one after another in
-    # one process (train.engine: sequential) or side by side as one model (stacked).
-    per_size_engine = train_engine(per_size_experiment)
+for many_experiment in MANY_TRAININGS_EXPERIMENTS:
+    # One job trains many networks: every fold of one training size one after another in one
+    # process (train.engine: sequential) or side by side as one model (stacked), or every
+    # fold of every size as one model (stacked_sweep).
+    many_engine = train_engine(many_experiment)
 
     rule:
         name:
-            f"train_{per_size_engine}_{per_size_experiment}"
+            f"train_{many_engine}_{many_experiment}"
         input:
-            images=f"{RESULTS}/{per_size_experiment}/store/images.npy",
-            index=f"{RESULTS}/{per_size_experiment}/store/index.csv",
-            folds=f"{RESULTS}/{per_size_experiment}/folds/folds.csv",
-            classes=f"{RESULTS}/{per_size_experiment}/folds/classes.json",
+            images=f"{RESULTS}/{many_experiment}/store/images.npy",
+            index=f"{RESULTS}/{many_experiment}/store/index.csv",
+            folds=f"{RESULTS}/{many_experiment}/folds/folds.csv",
+            classes=f"{RESULTS}/{many_experiment}/folds/classes.json",
             code=TRAINING_CODE,
-            weights=experiment_model(per_size_experiment)["weights"] or [],
+            weights=experiment_model(many_experiment)["weights"] or [],
         output:
-            **per_size_outputs(per_size_experiment),
+            **job_outputs(many_experiment),
         log:
-            f"{LOGS}/{per_size_experiment}/train/n{{size}}_{per_size_engine}.log",
+            f"{LOGS}/{many_experiment}/train/{job_name(many_experiment)}.log",
         benchmark:
-            f"{BENCHMARKS}/{per_size_experiment}/train/n{{size}}_{per_size_engine}.tsv"
-        priority: lambda w: int(w.size)
+            f"{BENCHMARKS}/{many_experiment}/train/{job_name(many_experiment)}.tsv"
+        priority: job_priority(many_experiment)
         conda:
             "../../envs/fewcells.yaml"
-        threads: CONFIG["experiments"][per_size_experiment]["train"]["threads"]
+        threads: CONFIG["experiments"][many_experiment]["train"]["threads"]
         resources:
-            **per_size_resources(per_size_experiment),
+            **job_resources(many_experiment),
         params:
-            command=PER_SIZE_COMMANDS[per_size_engine],
-            train=as_json(train_protocol(CONFIG["experiments"][per_size_experiment])),
-            model=as_json(experiment_model(per_size_experiment)),
-            image_size=CONFIG["experiments"][per_size_experiment]["image"]["size"],
-            folds=",".join(
-                map(str, fold_ids(CONFIG["experiments"][per_size_experiment]))
-            ),
-            store=f"{RESULTS}/{per_size_experiment}/store",
-            fold_dir=f"{RESULTS}/{per_size_experiment}/folds",
-            out=f"{RESULTS}/{per_size_experiment}/train/n{{size}}",
+            command=MANY_TRAININGS_COMMANDS[many_engine],
+            train=as_json(train_protocol(CONFIG["experiments"][many_experiment])),
+            model=as_json(experiment_model(many_experiment)),
+            image_size=CONFIG["experiments"][many_experiment]["image"]["size"],
+            folds=",".join(map(str, fold_ids(CONFIG["experiments"][many_experiment]))),
+            sizes=",".join(map(str, job_sizes(many_experiment))),
+            store=f"{RESULTS}/{many_experiment}/store",
+            fold_dir=f"{RESULTS}/{many_experiment}/folds",
+            out=f"{RESULTS}/{many_experiment}/train",
         shell:
             "fewcells {params.command} --store {params.store} --folds {params.fold_dir}"
-            " --fold-ids {params.folds} --size {wildcards.size}"
+            " --fold-ids {params.folds} --sizes {params.sizes}"
             " --image-size {params.image_size} --train-config {params.train:q}"
             " --model-config {params.model:q} --out {params.out} 2> {log}"
