@@ -360,7 +360,8 @@ class StackedFit:
 
     def _take_out_stopped(self) -> int:
         """Record the networks that stopped and remove them from the stack; how many."""
-        stopped = np.flatnonzero(~self.state.active.cpu().numpy())
+        active = self.state.active.cpu().numpy()
+        stopped = np.flatnonzero(~active)
         if self.pending:
             values = torch.cat([v for _, _, v in self.pending], dim=1).cpu().numpy()
             networks = np.concatenate([n for n, _, _ in self.pending])
@@ -381,7 +382,7 @@ class StackedFit:
                     for name, best in zip(self.model.names, state.best_params, strict=True)
                 },
             }
-        kept = np.flatnonzero(state.active.cpu().numpy())
+        kept = np.flatnonzero(active)
         index = torch.from_numpy(kept).to(self.device)
         old_parameters = list(self.model.parameters())
         self.model.keep(index)
