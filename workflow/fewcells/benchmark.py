@@ -172,8 +172,17 @@ def workflow_path(
     }
 
 
-def stacked_path(root: Path, *, size: int, epochs: int, threads: int, folds: int = 10) -> dict:
-    """The stacked engine (train.engine: stacked): one job training `folds` folds at once."""
+def stacked_path(
+    root: Path,
+    *,
+    sizes: list[int],
+    epochs: int,
+    threads: int,
+    folds: int = 10,
+    engine: str = "stacked",
+) -> dict:
+    """A stacked engine's job: `folds` x `sizes` networks trained at once for `epochs` epochs
+    each (patience = epochs: no early stopping)."""
     from fewcells.stacked import run_stacked_training
 
     train_cfg = {"max_epochs": epochs, "patience": epochs, "threads": threads}
@@ -182,13 +191,15 @@ def stacked_path(root: Path, *, size: int, epochs: int, threads: int, folds: int
         root / "folds" / "folds.csv",
         root / "folds" / "classes.json",
         list(range(folds)),
-        [size],
+        sizes,
         train_cfg,
         {"name": "paper_cnn"},
-        root / "train-stacked",
+        root / f"train-{engine}",
         image_size=257,
+        engine=engine,
     )
     return {
+        "networks": len(infos),
         "image_steps": sum(info["n_train_images"] * info["epochs_run"] for info in infos),
         "seconds": infos[0]["fit_seconds"],
         "device": infos[0]["device"],
@@ -201,38 +212,25 @@ def benchmark_stacked_sweep(
     """`folds` x `sizes` paper CNNs (257 px, batch 5) trained in one stacked_sweep job for
     `epochs` epochs each (patience = epochs: no early stopping), on the GPU when one is
     visible; prints and returns the wall time and image-steps per second of fit time."""
-    from fewcells.stacked import run_stacked_training
-
     if not sizes or max(sizes) > 200 or folds > 10:
         raise FewcellsError(
             "benchmark stacked-sweep: sizes must be 1-200 and folds at most 10 (ALL-IDB2's "
             f"layout: a pool of 200 per fold, 10 folds), not sizes {sizes}, folds {folds}"
         )
     threads = threads or os.cpu_count() or 1
-    train_cfg = {"max_epochs": epochs, "patience": epochs, "threads": threads}
     with tempfile.TemporaryDirectory(prefix="fewcells-bench-") as tmp:
         root = Path(tmp)
         write_synthetic_experiment(root)
         started = time.perf_counter()
-        infos = run_stacked_training(
-            root / "store",
-            root / "folds" / "folds.csv",
-            root / "folds" / "classes.json",
-            list(range(folds)),
-            sizes,
-            train_cfg,
-            {"name": "paper_cnn"},
-            root / "train",
-            image_size=257,
-            engine="stacked_sweep",
+        job = stacked_path(
+            root, sizes=sizes, epochs=epochs, threads=threads, folds=folds, engine="stacked_sweep"
         )
         wall = time.perf_counter() - started
-    image_steps = sum(info["n_train_images"] * info["epochs_run"] for info in infos)
-    fit = infos[0]["fit_seconds"]
+    image_steps, fit = job["image_steps"], job["seconds"]
     result = {
-        "device": infos[0]["device"],
+        "device": job["device"],
         "threads": threads,
-        "networks": len(infos),
+        "networks": job["networks"],
         "sizes": sizes,
         "folds": folds,
         "epochs": epochs,
@@ -243,8 +241,8 @@ def benchmark_stacked_sweep(
         "peak_rss_mb": round(_peak_rss_mb()),
     }
     print(
-        f"stacked_sweep engine on {result['device']}, {threads} threads: {len(infos)} paper CNNs "
-        f"(sizes {min(sizes)}-{max(sizes)} x {folds} folds), {epochs} epochs each, 257 px, "
+        f"stacked_sweep engine on {result['device']}, {threads} threads: {job['networks']} paper "
+        f"CNNs (sizes {min(sizes)}-{max(sizes)} x {folds} folds), {epochs} epochs each, 257 px, "
         f"batch 5:\n  {image_steps} image-steps in {fit:.1f} s of fit ({wall:.1f} s wall): "
         f"{result['image_steps_per_s']:.1f} image-steps/s; peak memory {result['peak_rss_mb']} MB"
     )
@@ -288,7 +286,7 @@ def benchmark_training(
             peaks.append(workflow["peak_rss_mb"])
             kernels.add(workflow["cpu_kernel"])
         stacked = (
-            stacked_path(root, size=size, epochs=epochs, threads=cores)
+            stacked_path(root, sizes=[size], epochs=epochs, threads=cores)
             if model_name == "paper_cnn"
             else None
         )

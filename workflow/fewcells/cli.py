@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fewcells.config import STACKED_ENGINES
 from fewcells.errors import FewcellsError
 
 
@@ -428,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--engine",
         default="stacked",
-        choices=["stacked", "stacked_sweep"],
+        choices=STACKED_ENGINES,
         help="the train.engine recorded in train_info.json",
     )
     p.set_defaults(func=cmd_train_stacked)
