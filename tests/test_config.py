@@ -43,9 +43,13 @@ def test_defaults_are_the_paper_protocol():
         "noise_std": 0.0,
         "brightness": 0.0,
         "contrast": 0.0,
+        "rotation_sampling": "bilinear",
     }
+    assert train["replicates"] == 1 and train["replicate_sizes"] is None
+    assert config["experiments"]["demo_binary"]["model"]["init"] is None  # keras for paper_cnn
     assert config["datasets"]["demo"]["dedup"]["max_distance"] == 10
-    assert "mem_mb" not in train_protocol(config["experiments"]["demo_binary"])
+    protocol = train_protocol(config["experiments"]["demo_binary"])
+    assert "mem_mb" not in protocol and "replicates" not in protocol
     assert fold_ids(config["experiments"]["demo_multiclass"]) == [0, 1]
     assert fold_ids(config["experiments"]["demo_binary"]) == [0, 1, 2]
     assert "dedup" not in DEMO["datasets"]["demo"]  # the input is not modified

@@ -116,8 +116,12 @@ def test_job_writes_every_output(learnt):
     ]
     assert list(out_dir.parent.iterdir()) == [out_dir]  # no lightning_logs, no temp folders
     assert json.loads((out_dir / "train_info.json").read_text()) == info
-    for key in ("epochs_run", "best_epoch", "best_val_loss", "seconds", "image_steps_per_second"):
+    for key in ("epochs_run", "best_epoch", "seconds", "image_steps_per_second"):
         assert info[key] > 0
+    assert info["best_val_loss"] >= 0
+    assert info["replicate"] == 0 and info["collapsed"] is False and info["output_spread"] > 0.5
+    for key in ("fewcells_version", "git_commit", "torch_version", "python_version", "cpu"):
+        assert info[key]
     assert info["seed"] == DEFAULT_TRAIN_CONFIG["seed"] + 1000 * 1 + 32
     assert info["n_parameters"] == 5_674  # 7,210 minus the smaller flatten at 190 px
     assert info["device"] == "cpu" and info["threads"] == 1 and info["n_train_images"] == 32
@@ -129,6 +133,7 @@ def test_history_has_one_row_per_epoch(learnt):
     assert list(history.columns) == [
         "fold",
         "size",
+        "replicate",
         "epoch",
         "train_loss",
         "val_loss",
@@ -149,6 +154,7 @@ def test_predictions_cover_test_and_validation_images(learnt, dataset):
     assert list(predictions.columns) == [
         "fold",
         "size",
+        "replicate",
         "image_id",
         "target",
         "split",

@@ -51,10 +51,14 @@ def _rotation_matrix(degrees: torch.Tensor) -> torch.Tensor:
     return torch.stack((torch.stack((cos, -sin), -1), torch.stack((sin, cos), -1)), -2)
 
 
-def _resample(images: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
-    """Bilinear resampling; positions outside the image repeat the nearest edge pixel."""
+ROTATION_SAMPLINGS = ("bilinear", "nearest")
+
+
+def _resample(images: torch.Tensor, matrix: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Bilinear (or nearest-neighbour) resampling; positions outside the image repeat the
+    nearest edge pixel."""
     grid = _sampling_grid(matrix.to(images.dtype), *images.shape[-2:])
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=False)
 
 
 def _kernel_resamples(images: torch.Tensor) -> bool:
@@ -71,14 +75,17 @@ def _kernel_resamples(images: torch.Tensor) -> bool:
     )
 
 
-def rotate_batch(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+def rotate_batch(
+    images: torch.Tensor, degrees: torch.Tensor, sampling: str = "bilinear"
+) -> torch.Tensor:
     """Rotate each float image (B, C, H, W) about its centre by its angle in `degrees` (B,).
 
     Positive angles turn the picture anticlockwise as displayed (row 0 at the top), like
     torch.rot90 over dims (-2, -1); pixels that come from outside the image repeat the nearest
-    edge pixel (Keras fill_mode "nearest").
+    edge pixel (Keras fill_mode "nearest"). `sampling` "nearest" reads the nearest input pixel
+    (Keras' ImageDataGenerator, scipy order 0) instead of interpolating bilinearly.
     """
-    return _resample(images, _rotation_matrix(degrees.to(images.device)))
+    return _resample(images, _rotation_matrix(degrees.to(images.device)), sampling)
 
 
 class BatchAugment(nn.Module):
@@ -88,9 +95,10 @@ class BatchAugment(nn.Module):
     rotation by an angle uniform in [0, 360) degrees, brightness (multiply by a factor uniform
     in [1 - brightness, 1 + brightness]), contrast (scale the deviation from the image mean by a
     factor uniform in [1 - contrast, 1 + contrast]), additive gaussian noise of sd `noise_std`.
-    The result is clipped to [0, 1]. Deterministic given a torch.Generator. With
-    `fused_cpu_kernel`, flips and rotation of channels-last uint8 CPU images run as the
-    compiled kernel.
+    The result is clipped to [0, 1]. Deterministic given a torch.Generator. `rotation_sampling`
+    "bilinear" interpolates, "nearest" reads the nearest pixel as Keras does. With
+    `fused_cpu_kernel`, bilinear flips and rotation of channels-last uint8 CPU images run as
+    the compiled kernel.
     """
 
     def __init__(
@@ -101,9 +109,16 @@ class BatchAugment(nn.Module):
         brightness: float = 0.0,
         contrast: float = 0.0,
         fused_cpu_kernel: bool = False,
+        rotation_sampling: str = "bilinear",
     ) -> None:
         super().__init__()
+        if rotation_sampling not in ROTATION_SAMPLINGS:
+            raise ValueError(
+                f"train.augment.rotation_sampling: {rotation_sampling!r} is not one of "
+                f"{', '.join(ROTATION_SAMPLINGS)}"
+            )
         self.fused_cpu_kernel = fused_cpu_kernel
+        self.rotation_sampling = rotation_sampling
         self.flips = flips
         self.rotation = rotation
         self.noise_std = noise_std
@@ -139,7 +154,12 @@ class BatchAugment(nn.Module):
 
     def apply(self, images: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
         """Augment uint8 (0-255) or float ([0, 1]) images with `draws` from sample()."""
-        in_kernel = self.rotation and self.fused_cpu_kernel and _kernel_resamples(images)
+        in_kernel = (
+            self.rotation
+            and self.rotation_sampling == "bilinear"
+            and self.fused_cpu_kernel
+            and _kernel_resamples(images)
+        )
         x = images if in_kernel or images.dtype != torch.uint8 else images.float().div(255.0)
         if self.rotation:
             matrix = _rotation_matrix(draws["degrees"])
@@ -153,7 +173,7 @@ class BatchAugment(nn.Module):
                 kernel, _ = load_kernel()
                 x = kernel.resample(x.permute(0, 2, 3, 1), matrix.float().contiguous())
             else:
-                x = _resample(x, matrix)
+                x = _resample(x, matrix, self.rotation_sampling)
         elif self.flips:
             x = x.contiguous()  # torch.where is slow on channels-last strided views
             x = torch.where(draws["flip_h"][:, None, None, None], x.flip(-1), x)

@@ -143,8 +143,9 @@ def cmd_store(args) -> None:
     print(f"store: {len(kept)} images at {args.image_size} px in {args.out}", file=sys.stderr)
 
 
-def _train_fold(args, fold: int, size: int, out: Path) -> None:
-    """One (training size, fold) training of `train` or `train-folds`, written to OUT."""
+def _train_fold(args, fold: int, size: int, out: Path, replicate: int = 0) -> None:
+    """One (training size, fold, replicate) training of `train` or `train-folds`, written to
+    OUT."""
     from fewcells.train import run_training
 
     info = run_training(
@@ -157,22 +158,29 @@ def _train_fold(args, fold: int, size: int, out: Path) -> None:
         args.model_config,
         out,
         image_size=args.image_size,
+        replicate=replicate,
         progress=args.progress,
     )
-    print(f"{args.command}: fold {fold} size {size}: {json.dumps(info)}", file=sys.stderr)
+    print(
+        f"{args.command}: fold {fold} replicate {replicate} size {size}: {json.dumps(info)}",
+        file=sys.stderr,
+    )
 
 
 def cmd_train(args) -> None:
-    _train_fold(args, args.fold, args.size, args.out)
+    _train_fold(args, args.fold, args.size, args.out, args.replicate)
 
 
 def cmd_train_folds(args) -> None:
+    from fewcells.config import run_name
     from fewcells.runtime import release_freed_memory
 
     for size in args.sizes:
         for fold in args.fold_ids:
-            _train_fold(args, fold, size, args.out / f"n{size}" / f"fold{fold}")
-            release_freed_memory()
+            for replicate in range(args.replicates):
+                out = args.out / f"n{size}" / run_name(fold, replicate)
+                _train_fold(args, fold, size, out, replicate)
+                release_freed_memory()
 
 
 def cmd_train_stacked(args) -> None:
@@ -412,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=Path, required=True, help="folder with folds.csv, classes.json")
     p.add_argument("--fold", type=int, required=True)
     p.add_argument("--size", type=int, required=True)
+    p.add_argument(
+        "--replicate",
+        type=int,
+        default=0,
+        help="replicate number: another seed on the same fold (0 = the first network)",
+    )
     p.add_argument("--image-size", type=int, required=True)
     p.add_argument("--train-config", type=_json, default={})
     p.add_argument("--model-config", type=_json, default={"name": "paper_cnn"})
@@ -421,6 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-folds", help="train sizes x folds one after another, one process")
     _add_many_trainings_arguments(p)
+    p.add_argument(
+        "--replicates",
+        type=int,
+        default=1,
+        help="networks per (size, fold), each its own seed: OUT/n{size}/fold{k}_rep{r}/ for r >= 1",
+    )
     p.add_argument("--progress", action="store_true")
     p.set_defaults(func=cmd_train_folds)
 

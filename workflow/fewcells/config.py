@@ -13,6 +13,8 @@ from fewcells.metric_names import MAIN_METRIC, SCORES
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 TRAIN_RESOURCE_KEYS = ("mem_mb", "runtime", "gpus", "gpu_model")
+# train keys that say how many networks are trained, not how one is trained.
+TRAIN_PLAN_KEYS = ("replicates", "replicate_sizes")
 # results/<name>/ folders the workflow writes besides the experiments' own.
 RESERVED_RESULT_FOLDERS = ("benchmarks", "comparisons", "datasets", "logs", "pretrained")
 # Keys of an experiment's `pretrain` section that replace its `train` keys when pretraining.
@@ -87,6 +89,9 @@ def validate_config(config: dict) -> dict:
         _check_subset(
             f"{key}.tsne.fold", None if tsne_fold is None else [tsne_fold], fold_ids(experiment)
         )
+        _check_subset(
+            f"{key}.train.replicate_sizes", experiment["train"]["replicate_sizes"], folds["sizes"]
+        )
         if experiment["train"]["engine"] in STACKED_ENGINES:
             _check_stacked(key, experiment)
         _check_merged(key, experiment)
@@ -121,6 +126,11 @@ def _check_stacked(key: str, experiment: dict) -> None:
         )
     if train["precision"] != "32-true":
         raise FewcellsError(f"{engine} needs precision '32-true'")
+    if train["replicates"] > 1:
+        raise FewcellsError(
+            f"{engine} trains one network per (size, fold); train.replicates > 1 needs "
+            "'per_fold' or 'sequential'"
+        )
     if experiment["model"]["pretrained"] is not None or train["finetune"] is not None:
         raise FewcellsError(
             f"{engine} trains from a fixed start without the fine-tuning schedule "
@@ -318,7 +328,7 @@ def train_protocol(experiment: dict) -> dict:
     return {
         k: v
         for k, v in experiment["train"].items()
-        if k not in TRAIN_RESOURCE_KEYS and not (k == "finetune" and v is None)
+        if k not in TRAIN_RESOURCE_KEYS + TRAIN_PLAN_KEYS and not (k == "finetune" and v is None)
     }
 
 
@@ -350,6 +360,29 @@ def fold_ids(experiment: dict) -> list[int]:
     """Folds to train: `folds.run_folds` or all k."""
     folds = experiment["folds"]
     return list(folds["run_folds"]) if folds["run_folds"] else list(range(folds["k"]))
+
+
+def replicates_at(experiment: dict, size: int) -> int:
+    """Networks trained per fold at training size `size`: train.replicates where
+    train.replicate_sizes includes it (null: every size), else 1."""
+    train = experiment["train"]
+    chosen = train["replicate_sizes"]
+    return train["replicates"] if chosen is None or size in chosen else 1
+
+
+def run_name(fold: int, replicate: int = 0) -> str:
+    """The folder of one trained network under train/n<size>/: fold<k>, and fold<k>_rep<r>
+    for the replicates r >= 1 (other seeds on the same fold)."""
+    return f"fold{fold}" if replicate == 0 else f"fold{fold}_rep{replicate}"
+
+
+def training_runs(experiment: dict, size: int) -> list[str]:
+    """The run folders (see run_name) of every network trained at `size`."""
+    return [
+        run_name(fold, replicate)
+        for fold in fold_ids(experiment)
+        for replicate in range(replicates_at(experiment, size))
+    ]
 
 
 def explain_sizes(experiment: dict) -> list[int]:

@@ -34,6 +34,20 @@ def _size_after_blocks(image_size: int, n_blocks: int) -> int:
 MIN_IMAGE_SIZE = next(s for s in range(3, 1000) if _size_after_blocks(s, len(PAPER_FILTERS)) >= 1)
 
 
+PAPER_CNN_INITS = ("keras", "torch")
+
+
+def keras_init(model: nn.Module) -> None:
+    """Keras' default initialisation of every conv and dense layer of `model`, as the authors'
+    code builds them: glorot_uniform kernels (limit sqrt(6 / (fan_in + fan_out)), the fans
+    counting the receptive field) and zero biases."""
+    for layer in model.modules():
+        if isinstance(layer, nn.Conv2d | nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
 class PaperCNN(nn.Module):
     """Schouten et al. 2021: six conv3x3(valid)+ReLU+maxpool2 blocks, Dense 32 ReLU, Dense logits.
 
@@ -44,11 +58,18 @@ class PaperCNN(nn.Module):
     conv-ReLU-pool, with the ReLU on 4x fewer pixels. With `fused_cpu_kernel` set, the first
     three blocks run as one compiled CPU kernel (fewcells.paper_stem) wherever it applies (a CPU
     input that needs no gradient, so not for saliency or LRP); the results equal PyTorch's up
-    to float rounding.
+    to float rounding. `init` "keras" (the default, the authors' protocol) initialises as
+    `keras_init`; "torch" keeps PyTorch's layer defaults (kaiming_uniform with a = sqrt(5),
+    uniform biases).
     """
 
     def __init__(
-        self, n_classes: int, image_size: int = 257, in_channels: int = 3, hidden: int = 32
+        self,
+        n_classes: int,
+        image_size: int = 257,
+        in_channels: int = 3,
+        hidden: int = 32,
+        init: str = "keras",
     ) -> None:
         super().__init__()
         if image_size < MIN_IMAGE_SIZE:
@@ -68,6 +89,13 @@ class PaperCNN(nn.Module):
         self.hidden_activation = nn.ReLU()
         self.classifier = nn.Linear(hidden, n_classes)
         self.fused_cpu_kernel = False
+        if init not in PAPER_CNN_INITS:
+            raise FewcellsError(
+                f"model.init: unknown initialisation {init!r}; choose one of "
+                f"{', '.join(PAPER_CNN_INITS)}"
+            )
+        if init == "keras":
+            keras_init(self)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         """The flattened output of the six blocks."""
@@ -321,11 +349,21 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 def _build_paper_cnn(model_cfg: dict, n_classes: int, image_size: int) -> nn.Module:
     if model_cfg.get("keep_blocks") is not None:
         raise FewcellsError("model.keep_blocks: only for the torchvision networks, not paper_cnn")
-    return PaperCNN(n_classes, image_size=image_size, hidden=int(model_cfg.get("hidden", 32)))
+    return PaperCNN(
+        n_classes,
+        image_size=image_size,
+        hidden=int(model_cfg.get("hidden", 32)),
+        init=model_cfg.get("init") or "keras",
+    )
 
 
 def _torchvision_builder(arch: str) -> Callable[[dict, int, int], nn.Module]:
     def build(model_cfg: dict, n_classes: int, image_size: int) -> nn.Module:
+        if model_cfg.get("init") not in (None, "torch"):
+            raise FewcellsError(
+                f"model.init: {model_cfg['init']!r} is for paper_cnn; {arch} keeps "
+                "torchvision's initialisation (init: torch or null)"
+            )
         return TorchvisionNet(arch, n_classes, image_size, keep_blocks=model_cfg.get("keep_blocks"))
 
     return build

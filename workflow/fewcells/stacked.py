@@ -44,6 +44,7 @@ from torch.func import stack_module_state
 from fewcells.atomic import atomic_path
 from fewcells.errors import FewcellsError
 from fewcells.model import PaperCNN, to_model_input
+from fewcells.provenance import provenance
 from fewcells.runtime import keep_freed_memory, unfilled_new_memory
 from fewcells.train import (
     EVAL_BATCH_SIZE,
@@ -56,17 +57,13 @@ from fewcells.train import (
     fold_data,
     read_class_names,
     train_config,
+    training_seed,
     trains_on_cpu,
 )
 
 CHECK_EVERY_STEPS = 10  # how often the loop waits for the device to learn which networks stopped
 PROGRESS_EVERY_SECONDS = 30
 VALIDATION_IMAGES_PER_PASS = 1024  # networks x images validated in one forward pass, at most
-
-
-def training_seed(train_cfg: dict, fold: int, size: int) -> int:
-    """The seed of one (fold, size) training, as in the per-fold engine."""
-    return int(train_cfg["seed"]) + 1000 * fold + size
 
 
 def training_device(accelerator: str) -> torch.device:
@@ -516,6 +513,7 @@ def run_stacked_training(
                 {
                     "fold": fold,
                     "size": size,
+                    "replicate": 0,
                     "epoch": epoch,
                     "train_loss": train_loss,
                     "val_loss": val_loss,
@@ -530,6 +528,7 @@ def run_stacked_training(
                 "networks_in_job": len(trainings),
                 "fold": fold,
                 "size": size,
+                "replicate": 0,
                 "n_train_images": int((data[k].fold_frame["role"] == "train").sum()),
                 "epochs_run": result["epochs_run"],
                 "best_epoch": result["best_epoch"],
@@ -542,6 +541,7 @@ def run_stacked_training(
                 "seed": seed,
                 "n_parameters": sum(p.numel() for p in modules[k].model.parameters()),
                 "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                **provenance(),
             }
             print(f"{history.describe()} ({engine}, {fit_seconds:.0f} s)", file=sys.stderr)
             _write_fold(
@@ -587,5 +587,5 @@ def _write_fold(
             "hyper_parameters": dict(module.hparams),
         }
         torch.save(checkpoint, tmp / "model.ckpt")
-        _write_outputs(tmp, data, predictions, class_names, history)
+        info |= _write_outputs(tmp, data, predictions, class_names, history)
         (tmp / "train_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")

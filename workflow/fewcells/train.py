@@ -38,6 +38,7 @@ from fewcells.augment import BatchAugment
 from fewcells.errors import FewcellsError
 from fewcells.model import PaperCNN, build_model, to_model_input
 from fewcells.paper_stem import load_kernel
+from fewcells.provenance import provenance
 from fewcells.runtime import keep_freed_memory, unfilled_new_memory
 
 DEFAULT_TRAIN_CONFIG: dict = {
@@ -61,6 +62,7 @@ DEFAULT_TRAIN_CONFIG: dict = {
         "noise_std": 0.0,
         "brightness": 0.0,
         "contrast": 0.0,
+        "rotation_sampling": "bilinear",
     },
 }
 
@@ -72,12 +74,37 @@ OPTIMIZERS: dict[str, Callable[[Iterable[torch.nn.Parameter], dict], torch.optim
 
 FOLD_COLUMNS = ("fold", "image_id", "label", "target", "class_name", "role", "rank")
 INDEX_COLUMNS = ("row", "image_id", "label")
-HISTORY_COLUMNS = ("fold", "size", "epoch", "train_loss", "val_loss", "val_accuracy", "lr")
+HISTORY_COLUMNS = (
+    "fold",
+    "size",
+    "replicate",
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+)
 DEFAULT_FINETUNE: dict = {"head_epochs": 10, "head_lr": 0.01, "freeze_batchnorm": True}
 HEAD_PHASE, FINETUNE_PHASE = "head", "finetune"
 BATCHNORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
+# A network whose test and validation probabilities all lie within this of each other has
+# collapsed to a constant output (every hidden unit dead or saturated).
+COLLAPSE_TOLERANCE = 1e-6
 EVAL_BATCH_SIZE = 64  # validation/test/predict batches: no augmentation, no batch statistics
 PROGRESS_EVERY_EPOCHS = 10
+
+
+def training_seed(train_cfg: dict, fold: int, size: int, replicate: int = 0) -> int:
+    """The seed of one training (initial weights, batch order, augmentation):
+    train.seed + 1000 * fold + size, plus 1,000,000 per replicate."""
+    return int(train_cfg["seed"]) + 1000 * fold + size + 1_000_000 * replicate
+
+
+def output_spread(probabilities: np.ndarray) -> float:
+    """The largest range of one class's probability over the images: 0 for a constant output."""
+    if len(probabilities) == 0:
+        return 0.0
+    return float((probabilities.max(axis=0) - probabilities.min(axis=0)).max())
 
 
 def train_config(train_cfg: dict | None) -> dict:
@@ -346,6 +373,7 @@ class CellClassifier(L.LightningModule):
             brightness=augment["brightness"],
             contrast=augment["contrast"],
             fused_cpu_kernel=self.train_cfg["fused_cpu_kernel"],
+            rotation_sampling=augment["rotation_sampling"],
         )
         self._augment_generator: torch.Generator | None = None
         # requires_grad as built (model.freeze): what the fine-tuning phase goes back to.
@@ -462,9 +490,12 @@ class CellClassifier(L.LightningModule):
 class EpochHistory(L.Callback):
     """One history row per epoch (1-based), and a progress line on stderr every few epochs."""
 
-    def __init__(self, fold: int, size: int, every: int = PROGRESS_EVERY_EPOCHS) -> None:
+    def __init__(
+        self, fold: int, size: int, every: int = PROGRESS_EVERY_EPOCHS, replicate: int = 0
+    ) -> None:
         self.fold = fold
         self.size = size
+        self.replicate = replicate
         self.every = every
         self.rows: list[dict] = []
         self._started = 0.0
@@ -488,6 +519,7 @@ class EpochHistory(L.Callback):
         row = {
             "fold": self.fold,
             "size": self.size,
+            "replicate": self.replicate,
             "epoch": trainer.current_epoch + 1 + self._epoch_offset,
             "train_loss": float(metrics["train_loss"]),
             "val_loss": float(metrics["val_loss"]),
@@ -512,8 +544,9 @@ class EpochHistory(L.Callback):
         """One line: latest epoch's losses and the best validation loss so far."""
         last, best = self.rows[-1], self.best()
         phase = f" ({self.phase})" if self.phase is not None else ""
+        replicate = f" replicate {self.replicate}" if self.replicate else ""
         return (
-            f"fold {self.fold} size {self.size}{phase}: epoch {last['epoch']} "
+            f"fold {self.fold}{replicate} size {self.size}{phase}: epoch {last['epoch']} "
             f"train_loss {last['train_loss']:.4f} val_loss {last['val_loss']:.4f} "
             f"val_accuracy {last['val_accuracy']:.3f} best val_loss {best['val_loss']:.4f} "
             f"at epoch {best['epoch']}"
@@ -563,8 +596,10 @@ def _write_outputs(
     predictions: list[dict[str, torch.Tensor]],
     class_names: list[str],
     history: EpochHistory,
-) -> None:
-    """history.csv, predictions.csv (test + val rows) and embeddings.npz into `tmp`."""
+) -> dict:
+    """history.csv, predictions.csv (test + val rows) and embeddings.npz into `tmp`. Returns
+    train_info's output fields: the spread of the test and validation outputs and whether
+    they are constant (`collapsed`)."""
     frame = data.fold_frame
     probabilities = torch.cat([batch["probabilities"] for batch in predictions]).cpu().numpy()
     embeddings = torch.cat([batch["embedding"] for batch in predictions]).cpu().numpy()
@@ -573,6 +608,7 @@ def _write_outputs(
         {
             "fold": data.fold,
             "size": data.size,
+            "replicate": history.replicate,
             "image_id": frame["image_id"],
             "target": frame["target"],
             "split": frame["role"],
@@ -590,6 +626,8 @@ def _write_outputs(
         target=frame["target"].to_numpy(dtype=np.int64),
         embedding=embeddings.astype(np.float32),
     )
+    spread = output_spread(probabilities[table["split"].isin(["test", "val"]).to_numpy()])
+    return {"output_spread": spread, "collapsed": spread < COLLAPSE_TOLERANCE}
 
 
 def _trainer(cfg: dict, max_epochs: int, callbacks: list, root: Path, progress: bool, **kw):
@@ -734,6 +772,7 @@ def run_costs(
         "seed": seed,
         "n_parameters": sum(p.numel() for p in module.model.parameters()),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **provenance(),
     }
 
 
@@ -783,21 +822,22 @@ def run_training(
     out_dir: str | os.PathLike,
     *,
     image_size: int,
+    replicate: int = 0,
     progress: bool = False,
 ) -> dict:
     """Train one network on fold `fold` with `size` training images; write the job outputs.
 
-    The seed is train_cfg["seed"] + 1000 * fold + size. Training stops early when val_loss has
-    not improved for `patience` epochs; the best-val-loss weights are kept (model.ckpt) and
-    used for predictions and embeddings. With train_cfg["finetune"] the head-only phase comes
-    first (see fit_classifier). Everything is written in a temporary sibling renamed onto
-    `out_dir` at the end, so a failed or killed job leaves no `out_dir`. Returns the
-    train_info dict (also in train_info.json).
+    The seed is training_seed(train_cfg, fold, size, replicate). Training stops early when
+    val_loss has not improved for `patience` epochs; the best-val-loss weights are kept
+    (model.ckpt) and used for predictions and embeddings. With train_cfg["finetune"] the
+    head-only phase comes first (see fit_classifier). Everything is written in a temporary
+    sibling renamed onto `out_dir` at the end, so a failed or killed job leaves no `out_dir`.
+    Returns the train_info dict (also in train_info.json).
     """
     started = time.perf_counter()
     cfg = train_config(train_cfg)
     class_names = read_class_names(classes_json)
-    seed = int(cfg["seed"]) + 1000 * fold + size
+    seed = training_seed(cfg, fold, size, replicate)
     torch.set_num_threads(int(cfg["threads"]))
     data = fold_data(store_dir, folds_csv, classes_json, fold, size, cfg, seed, image_size)
     if model_cfg.get("weights") is not None:
@@ -805,21 +845,23 @@ def run_training(
     with _lightning_session(), atomic_path(out_dir, directory=True) as tmp:
         L.seed_everything(seed, workers=True, verbose=False)
         module = CellClassifier(model_cfg, len(class_names), image_size, cfg, class_names, seed)
-        history = EpochHistory(fold, size)
+        history = EpochHistory(fold, size, replicate=replicate)
         trainer, checkpoint, fit_seconds, phases = fit_classifier(
             module, data, cfg, history, tmp, progress=progress
         )
         best_module = CellClassifier.from_checkpoint(checkpoint.best_model_path)
         predictions = trainer.predict(best_module, dataloaders=data.predict_dataloader())
-        _write_outputs(tmp, data, predictions, class_names, history)
+        outputs = _write_outputs(tmp, data, predictions, class_names, history)
         best = history.best()
         info = {
             "fold": fold,
             "size": size,
+            "replicate": replicate,
             "n_train_images": int((data.fold_frame["role"] == "train").sum()),
             "epochs_run": len(history.rows),
             "best_epoch": best["epoch"],
             "best_val_loss": float(checkpoint.best_model_score),
+            **outputs,
             **run_costs(module, data, history, trainer, started, fit_seconds, seed),
         }
         if phases is not None:

@@ -11,7 +11,10 @@ from fewcells.config import (
     explain_sizes,
     fold_ids,
     pretrain_protocol,
+    replicates_at,
+    run_name,
     train_protocol,
+    training_runs,
     training_model,
     tsne_fold,
     tsne_sizes,
@@ -81,6 +84,7 @@ wildcard_constraints:
     experiment=r"[A-Za-z0-9_-]+",
     size=r"\d+",
     fold=r"\d+",
+    run=r"fold\d+(_rep\d+)?",
     comparison=r"[A-Za-z0-9_-]+",
 
 
@@ -98,14 +102,29 @@ def train_engine(experiment):
     return CONFIG["experiments"][experiment]["train"]["engine"]
 
 
-MANY_TRAININGS_EXPERIMENTS = [
-    e for e in CONFIG["experiments"] if train_engine(e) in MANY_TRAININGS_COMMANDS
-]
 # Wildcard pattern: the experiments trained fold by fold (rule train), or none.
 PER_FOLD_EXPERIMENTS = (
     "|".join(e for e in CONFIG["experiments"] if train_engine(e) == "per_fold")
     or "__none__"
 )
+
+
+def replicate_groups(experiment):
+    """EXPERIMENT's training sizes grouped by their number of replicates: {replicates: sizes}."""
+    cfg = CONFIG["experiments"][experiment]
+    groups = {}
+    for size in sorted(cfg["folds"]["sizes"]):
+        groups.setdefault(replicates_at(cfg, size), []).append(size)
+    return groups
+
+
+# (experiment, replicates, sizes) of each rule whose jobs train many networks.
+MANY_TRAININGS_JOBS = [
+    (experiment, replicates, sizes)
+    for experiment in CONFIG["experiments"]
+    if train_engine(experiment) in MANY_TRAININGS_COMMANDS
+    for replicates, sizes in replicate_groups(experiment).items()
+]
 
 
 def job_sizes(experiment):
@@ -129,8 +148,9 @@ def job_priority(experiment):
     return lambda wildcards: int(wildcards.size)
 
 
-def job_outputs(experiment):
-    """The outputs of one job of EXPERIMENT's training rule: each of its networks' files."""
+def job_outputs(experiment, replicates=1):
+    """The outputs of one job of EXPERIMENT's training rule that trains `replicates` networks
+    per fold: each of its networks' files."""
     folds = fold_ids(CONFIG["experiments"][experiment])
     names = {
         "model": "model.ckpt",
@@ -141,12 +161,29 @@ def job_outputs(experiment):
     }
     return {
         key: [
-            f"{RESULTS}/{experiment}/train/n{size}/fold{fold}/{name}"
+            f"{RESULTS}/{experiment}/train/n{size}/{run_name(fold, replicate)}/{name}"
             for size in job_sizes(experiment)
             for fold in folds
+            for replicate in range(replicates)
         ]
         for key, name in names.items()
     }
+
+
+def many_trainings_rule_name(experiment, replicates):
+    """train_<engine>_<experiment>, with _r<replicates> for the sizes that have replicates."""
+    name = f"train_{train_engine(experiment)}_{experiment}"
+    return name if len(replicate_groups(experiment)) == 1 else f"{name}_r{replicates}"
+
+
+def run_fold(run):
+    """The fold of a run folder name (see fewcells.config.run_name)."""
+    return int(run.removeprefix("fold").split("_rep")[0])
+
+
+def run_replicate(run):
+    """The replicate of a run folder name: 0 for fold<k>, r for fold<k>_rep<r>."""
+    return int(run.split("_rep")[1]) if "_rep" in run else 0
 
 
 def experiment_config(wildcards):
@@ -163,14 +200,14 @@ def train_resource(wildcards, name, attempt):
     return value * 2 ** (attempt - 1)
 
 
-def job_resources(experiment):
+def job_resources(experiment, replicates=1):
     """The resources of one job of EXPERIMENT's training rule (memory and time doubled on
-    each retry): train.runtime for each fold a sequential job trains one after another, for
-    each size a stacked_sweep job trains."""
+    each retry): train.runtime for each network a sequential job trains one after another,
+    for each size a stacked_sweep job trains."""
     train = CONFIG["experiments"][experiment]["train"]
     runtime = train["runtime"]
     if train["engine"] == "sequential":
-        runtime *= len(fold_ids(CONFIG["experiments"][experiment]))
+        runtime *= len(fold_ids(CONFIG["experiments"][experiment])) * replicates
     runtime *= len(job_sizes(experiment))
     resources = {
         "mem_mb": lambda wildcards, attempt: train["mem_mb"] * 2 ** (attempt - 1),
@@ -206,11 +243,12 @@ def model_for_training(wildcards):
 
 
 def train_dirs(experiment):
+    """The folder of every network EXPERIMENT trains, replicates included."""
     cfg = CONFIG["experiments"][experiment]
     return [
-        f"{RESULTS}/{experiment}/train/n{size}/fold{fold}"
+        f"{RESULTS}/{experiment}/train/n{size}/{run}"
         for size in sorted(cfg["folds"]["sizes"])
-        for fold in fold_ids(cfg)
+        for run in training_runs(cfg, size)
     ]
 
 
