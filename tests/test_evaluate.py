@@ -76,15 +76,19 @@ def make_history(sizes=(10, 20, 40, 80), folds=5, seed=0) -> pd.DataFrame:
 
 
 def write_jobs(tmp_path, pred: pd.DataFrame, history: pd.DataFrame, class_names, task):
-    """Lay the frames out as one predictions.csv + history.csv per (size, fold) job."""
+    """Lay the frames out as one predictions.csv + history.csv per (size, fold, replicate)
+    training (frames without a replicate column: one training per (size, fold))."""
     prediction_files, history_files = [], []
-    for (size, fold), group in pred.groupby(["size", "fold"]):
-        job = tmp_path / "jobs" / f"n{size}_f{fold}"
+    pred, history = evaluate.with_replicate(pred), evaluate.with_replicate(history)
+    for (size, fold, replicate), group in pred.groupby(["size", "fold", "replicate"]):
+        job = tmp_path / "jobs" / f"n{size}_f{fold}_r{replicate}"
         job.mkdir(parents=True)
         group.to_csv(job / "predictions.csv", index=False)
-        history[(history["size"] == size) & (history["fold"] == fold)].to_csv(
-            job / "history.csv", index=False
-        )
+        history[
+            (history["size"] == size)
+            & (history["fold"] == fold)
+            & (history["replicate"] == replicate)
+        ].to_csv(job / "history.csv", index=False)
         prediction_files.append(job / "predictions.csv")
         history_files.append(job / "history.csv")
     classes_json = tmp_path / "CLASSES.json"
@@ -340,8 +344,10 @@ def test_summarize_binary_with_paper_reference():
     assert summary.loc[200, "n_folds"] == 5
     assert (summary.loc[200, "paper_mean"], summary.loc[200, "paper_sd"]) == (0.97, 0.02)
     assert np.isnan(summary.loc[10, "paper_mean"])
-    assert list(summary.columns[:4]) == [
+    assert list(summary.columns[:6]) == [
         "n_folds",
+        "n_networks",
+        "n_collapsed",
         "roc_auc_mean",
         "roc_auc_sd",
         "sensitivity_mean",
@@ -365,8 +371,8 @@ def test_summary_markdown_table_and_learning_curve_line():
     fit = evaluate.fit_learning_curve(synthetic_scores(), n_boot=50)
     text = evaluate.summary_markdown(summary, fit, "ALL binary", reference="all_binary")
     assert text.startswith("# ALL binary")
-    assert "| n (images) | folds | ROC-AUC | paper |" in text
-    assert "| 200 | 5 |" in text and "0.970 ± 0.020" in text
+    assert "| n (images) | folds | collapsed | ROC-AUC | paper |" in text
+    assert "| 200 | 5 | 0 |" in text and "0.970 ± 0.020" in text
     assert f"95% of plateau reached at n = {fit['n_at_fraction']} (95% CI " in text
     assert "about n = 30" in text
     failed = evaluate.fit_learning_curve(synthetic_scores().head(2), n_boot=10)
@@ -497,7 +503,7 @@ def test_evaluate_experiment_rejects_inconsistent_inputs(tmp_path):
 
     with pytest.raises(FewcellsError, match="already read from"):
         run(prediction_files=predictions + predictions[:1])
-    with pytest.raises(FewcellsError, match="different \\(size, fold\\) jobs"):
+    with pytest.raises(FewcellsError, match="different \\(size, fold, replicate\\) trainings"):
         run(history_files=histories[1:])
     with pytest.raises(FewcellsError, match="plot_options: unknown keys \\['colour'\\]"):
         run(plot_options={"colour": "red"})
@@ -509,3 +515,114 @@ def test_evaluate_experiment_rejects_inconsistent_inputs(tmp_path):
     with pytest.raises(FewcellsError, match="missing columns"):
         run()
     assert not out.exists()
+
+
+# ------------------------------------------------------------- replicates and collapsed runs
+
+
+def replicated(pred: pd.DataFrame, replicates: int, seed: int = 1) -> pd.DataFrame:
+    """`pred` as replicate 0 plus replicates 1.. with the same images and noisier scores."""
+    rng = np.random.default_rng(seed)
+    frames = [pred.assign(replicate=0)]
+    columns = evaluate.probability_columns(pred)
+    for replicate in range(1, replicates):
+        copy = pred.assign(replicate=replicate)
+        logits = np.log(copy[columns].to_numpy()) + rng.normal(0, 1.0, (len(copy), len(columns)))
+        copy[columns] = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        frames.append(copy)
+    return pd.concat(frames, ignore_index=True)
+
+
+def collapse(pred: pd.DataFrame, size: int, fold: int, replicate: int = 0) -> pd.DataFrame:
+    """`pred` with one network's test and validation outputs made constant."""
+    pred = pred.copy()
+    rows = (pred["size"] == size) & (pred["fold"] == fold) & (pred["replicate"] == replicate)
+    pred.loc[rows, "p_healthy"], pred.loc[rows, "p_blast"] = 0.5003, 0.4997
+    return pred
+
+
+def test_network_outputs_mark_constant_outputs_only():
+    pred = collapse(replicated(make_predictions(BINARY, sizes=(10, 20)), 2), 20, 3, 1)
+    outputs = evaluate.network_outputs(pred).set_index(["size", "fold", "replicate"])
+    assert len(outputs) == 2 * 5 * 2
+    assert outputs["collapsed"].sum() == 1 and outputs.loc[(20, 3, 1), "collapsed"]
+    assert outputs.loc[(20, 3, 1), "output_spread"] == 0.0
+    assert (outputs.drop(index=(20, 3, 1))["output_spread"] > 0.1).all()
+
+
+def test_summarize_separates_folds_from_seeds_and_counts_collapsed():
+    pred = collapse(replicated(make_predictions(BINARY, sizes=(10, 20)), 3), 20, 2, 0)
+    metrics = evaluate.binary_metrics(pred, "blast").merge(
+        evaluate.network_outputs(pred), on=["size", "fold", "replicate"]
+    )
+    summary = evaluate.summarize(metrics, "binary", None).set_index("size")
+    at_20 = metrics[metrics["size"] == 20]
+    per_fold = at_20.groupby("fold")["roc_auc"]
+    assert summary.loc[20, "n_folds"] == 5 and summary.loc[20, "n_networks"] == 15
+    assert summary.loc[20, "n_collapsed"] == 1 and summary.loc[10, "n_collapsed"] == 0
+    assert summary.loc[20, "roc_auc_mean"] == pytest.approx(per_fold.mean().mean())
+    assert summary.loc[20, "roc_auc_sd"] == pytest.approx(per_fold.mean().std(ddof=1))
+    assert summary.loc[20, "roc_auc_seed_sd"] == pytest.approx(per_fold.std(ddof=1).mean())
+    working = at_20[~at_20["collapsed"]].groupby("fold")["roc_auc"].mean()
+    assert summary.loc[20, "roc_auc_without_collapsed_mean"] == pytest.approx(working.mean())
+    assert summary.loc[20, "roc_auc_without_collapsed_mean"] > summary.loc[20, "roc_auc_mean"]
+
+
+def test_summary_without_replicates_has_no_seed_spread():
+    metrics = evaluate.binary_metrics(make_predictions(BINARY, sizes=(10, 20)), "blast")
+    summary = evaluate.summarize(metrics, "binary", None)
+    assert summary["roc_auc_seed_sd"].isna().all()
+    assert (summary["n_networks"] == summary["n_folds"]).all()
+
+
+def test_fold_scores_average_replicates_and_can_drop_collapsed():
+    metrics = pd.DataFrame(
+        {
+            "size": [10, 10, 10, 10],
+            "fold": [0, 0, 0, 1],
+            "replicate": [0, 1, 2, 0],
+            "roc_auc": [0.9, 0.7, 0.5, 0.8],
+            "collapsed": [False, False, True, True],
+        }
+    )
+    scores = evaluate.fold_scores(metrics, "roc_auc").set_index("fold")
+    assert scores.loc[0, "score"] == pytest.approx(0.7) and scores.loc[0, "networks"] == 3
+    clean = evaluate.fold_scores(metrics, "roc_auc", drop_collapsed=True).set_index("fold")
+    assert clean.loc[0, "score"] == pytest.approx(0.8) and 1 not in clean.index
+
+
+def test_evaluate_experiment_with_replicates_and_a_collapsed_network(tmp_path):
+    pred = collapse(replicated(make_predictions(BINARY, sizes=(10, 20, 40, 80)), 3), 10, 1, 2)
+    history = pd.concat([make_history().assign(replicate=r) for r in range(3)])
+    files = write_jobs(tmp_path, pred, history, BINARY, "binary")
+    infos = []
+    for path in files[0]:
+        info = path.parent / "train_info.json"
+        info.write_text(json.dumps({"git_commit": "abc", "cpu_kernel": "compiled (AVX2)"}))
+        infos.append(info)
+    out = tmp_path / "eval"
+    evaluate.evaluate_experiment(
+        *files,
+        out,
+        experiment="ALL binary",
+        reference="all_binary",
+        plot_options={"dpi": 60},
+        info_files=infos,
+        n_boot=20,
+    )
+    assert (out / "spread_folds_seeds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert len(metrics) == 4 * 5 * 3
+    assert metrics["collapsed"].sum() == 1
+    assert metrics.loc[metrics["collapsed"], ["size", "fold", "replicate"]].values.tolist() == [
+        [10, 1, 2]
+    ]
+    fit = json.loads((out / "learning_curve_fit.json").read_text())
+    assert fit["without_collapsed"]["n_points"] == fit["n_points"]  # fold 1 keeps 2 networks
+    text = (out / "summary.md").read_text()
+    assert "| n (images) | folds | networks | collapsed | ROC-AUC | s.d. between seeds |" in text
+    assert "| 10 | 5 | 15 | 1 |" in text
+    assert "Without the collapsed networks:" in text
+    assert "trainings' git commit: abc" in text and "compiled (AVX2)" in text
+    assert "trainings' torch version: unknown" in text  # a field older train_info lacks
+    assert len(pd.read_csv(out / "mean_roc.csv").query("size == 80 and fpr == 0")) == 1

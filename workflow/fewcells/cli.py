@@ -230,6 +230,7 @@ def cmd_evaluate(args) -> None:
         experiment=args.experiment,
         reference=args.reference,
         plot_options=args.plot_options,
+        info_files=[d / "train_info.json" for d in train_dirs],
     )
 
 

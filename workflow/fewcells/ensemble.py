@@ -36,7 +36,10 @@ ENSEMBLE = "ensemble"
 
 
 def _test_table(pred: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The test rows of the first network of each (size, fold), indexed by size, fold, image."""
     test = pred[pred["split"] == "test"]
+    if "replicate" in test.columns:
+        test = test[test["replicate"] == 0].drop(columns="replicate")
     if test.duplicated(["size", "fold", "image_id"]).any():
         raise FewcellsError(f"{name}: an image appears twice in one test fold")
     return test.set_index(["size", "fold", "image_id"]).sort_index()
@@ -75,7 +78,7 @@ def soft_vote(predictions: Mapping[str, pd.DataFrame], class_names: Sequence[str
         total += table[probability].to_numpy(dtype=float)
     voted = reference[["target", "split"]].copy()
     voted[probability] = total / len(tables)
-    return voted.reset_index()[PREDICTION_COLUMNS + probability]
+    return voted.reset_index().assign(replicate=0)[PREDICTION_COLUMNS + probability]
 
 
 def model_metrics(

@@ -27,6 +27,7 @@ from sklearn.metrics import (
 
 from fewcells import plots
 from fewcells.atomic import write_csv, write_json, write_png, write_text
+from fewcells.collapse import is_collapsed, output_spread
 from fewcells.errors import FewcellsError
 from fewcells.metric_names import BINARY_METRICS, MAIN_METRIC, MULTICLASS_METRICS
 
@@ -51,8 +52,28 @@ PAPER_SATURATION_N = {"all_binary": 30}
 
 LEARNING_CURVE_MODEL = "score(n) = a - (a - b) * exp(-n / tau)"
 
-PREDICTION_COLUMNS = ["fold", "size", "image_id", "target", "split"]
-HISTORY_COLUMNS = ["fold", "size", "epoch", "train_loss", "val_loss", "val_accuracy", "lr"]
+# One trained network: training size, fold and replicate (another seed on the same fold).
+RUN_KEYS = ["size", "fold", "replicate"]
+PREDICTION_COLUMNS = ["fold", "size", "replicate", "image_id", "target", "split"]
+HISTORY_COLUMNS = [
+    "fold",
+    "size",
+    "replicate",
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+]
+# train_info.json fields that say what produced a training.
+PROVENANCE_FIELDS = (
+    "fewcells_version",
+    "git_commit",
+    "torch_version",
+    "device",
+    "cpu_kernel",
+    "cpu",
+)
 PLOT_OPTION_DEFAULTS = {"dpi": 150, "roc_sizes": None, "loss_sizes": None}
 
 
@@ -64,7 +85,13 @@ def probability_columns(pred: pd.DataFrame) -> list[str]:
     return [c for c in pred.columns if c.startswith("p_")]
 
 
+def with_replicate(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with a `replicate` column: 0 (the first network of a fold) where it has none."""
+    return frame if "replicate" in frame.columns else frame.assign(replicate=0)
+
+
 def _test_rows(pred: pd.DataFrame) -> pd.DataFrame:
+    pred = with_replicate(pred)
     return pred[pred["split"] == "test"]
 
 
@@ -82,7 +109,7 @@ def _youden(y_true: np.ndarray, score: np.ndarray) -> tuple[float, float, float]
 
 
 def binary_metrics(pred: pd.DataFrame, positive_class: str) -> pd.DataFrame:
-    """Per (size, fold) test metrics of a two-class predictions table.
+    """Per network (size, fold, replicate) test metrics of a two-class predictions table.
 
     The probability columns are in target order, so the positive class's target index is
     the position of `p_<positive_class>` among them. Sensitivity, specificity, accuracy and
@@ -98,7 +125,7 @@ def binary_metrics(pred: pd.DataFrame, positive_class: str) -> pd.DataFrame:
         )
     positive_target = columns.index(score_column)
     rows = []
-    for (size, fold), group in _test_rows(pred).groupby(["size", "fold"], sort=True):
+    for (size, fold, replicate), group in _test_rows(pred).groupby(RUN_KEYS, sort=True):
         y_true = (group["target"].to_numpy() == positive_target).astype(int)
         score = group[score_column].to_numpy(dtype=float)
         y_pred = (score >= 0.5).astype(int)
@@ -109,6 +136,7 @@ def binary_metrics(pred: pd.DataFrame, positive_class: str) -> pd.DataFrame:
         row = {
             "size": int(size),
             "fold": int(fold),
+            "replicate": int(replicate),
             "n_test": len(y_true),
             "n_positive": n_positive,
             "n_negative": n_negative,
@@ -140,7 +168,7 @@ def binary_metrics(pred: pd.DataFrame, positive_class: str) -> pd.DataFrame:
             )
         rows.append(row)
     return pd.DataFrame(
-        rows, columns=["size", "fold", "n_test", "n_positive", "n_negative"] + BINARY_METRICS
+        rows, columns=[*RUN_KEYS, "n_test", "n_positive", "n_negative", *BINARY_METRICS]
     )
 
 
@@ -150,14 +178,15 @@ def _predicted_targets(group: pd.DataFrame, class_names: Sequence[str]) -> np.nd
 
 
 def multiclass_metrics(pred: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:
-    """Per (size, fold) test macro F1, accuracy and balanced accuracy (prediction = argmax).
+    """Per network (size, fold, replicate) test macro F1, accuracy and balanced accuracy
+    (prediction = argmax).
 
     Macro F1 averages over the classes present in the fold's truth or predictions
     (scikit-learn's default); balanced accuracy is the mean recall over the classes present
     in the truth.
     """
     rows = []
-    for (size, fold), group in _test_rows(pred).groupby(["size", "fold"], sort=True):
+    for (size, fold, replicate), group in _test_rows(pred).groupby(RUN_KEYS, sort=True):
         y_true = group["target"].to_numpy(dtype=int)
         y_pred = _predicted_targets(group, class_names)
         recalls = [np.mean(y_pred[y_true == label] == label) for label in np.unique(y_true)]
@@ -165,13 +194,39 @@ def multiclass_metrics(pred: pd.DataFrame, class_names: Sequence[str]) -> pd.Dat
             {
                 "size": int(size),
                 "fold": int(fold),
+                "replicate": int(replicate),
                 "n_test": len(y_true),
                 "macro_f1": f1_score(y_true, y_pred, average="macro", zero_division=0.0),
                 "accuracy": accuracy_score(y_true, y_pred),
                 "balanced_accuracy": float(np.mean(recalls)),
             }
         )
-    return pd.DataFrame(rows, columns=["size", "fold", "n_test"] + MULTICLASS_METRICS)
+    return pd.DataFrame(rows, columns=[*RUN_KEYS, "n_test", *MULTICLASS_METRICS])
+
+
+def network_outputs(pred: pd.DataFrame) -> pd.DataFrame:
+    """Per network (size, fold, replicate): the spread of its test and validation outputs
+    and whether they are constant (`collapsed`, see fewcells.collapse)."""
+    columns = probability_columns(pred)
+    rows = []
+    pred = with_replicate(pred)
+    for key, group in pred[pred["split"].isin(["test", "val"])].groupby(RUN_KEYS, sort=True):
+        spread = output_spread(group[columns].to_numpy(dtype=float))
+        rows.append(
+            dict(zip(RUN_KEYS, map(int, key), strict=True))
+            | {"output_spread": spread, "collapsed": is_collapsed(spread)}
+        )
+    return pd.DataFrame(rows, columns=[*RUN_KEYS, "output_spread", "collapsed"])
+
+
+def fold_scores(metrics: pd.DataFrame, metric: str, *, drop_collapsed: bool = False):
+    """Per (size, fold): `metric` averaged over the fold's replicates (columns size, fold,
+    score, networks); with drop_collapsed the collapsed networks are left out first (a fold
+    whose networks all collapsed then has no score at that size)."""
+    kept = metrics[~metrics["collapsed"]] if drop_collapsed else metrics
+    kept = kept[np.isfinite(kept[metric].to_numpy(dtype=float))]
+    grouped = kept.groupby(["size", "fold"], sort=True)[metric]
+    return pd.DataFrame({"score": grouped.mean(), "networks": grouped.count()}).reset_index()
 
 
 CLASSWISE_COLUMNS = ["size", "fold", "class_name", "support", "n_predicted"]
@@ -565,18 +620,35 @@ def paper_values(reference: str, task: str, sizes: Sequence[int]) -> dict[int, t
 
 
 def summarize(metrics: pd.DataFrame, task: str, reference: str | None) -> pd.DataFrame:
-    """Per size: n_folds (finite main metric), mean and sd of every metric, main one first;
-    paper_mean / paper_sd where the paper reports a number for that size (else NaN)."""
+    """Per size, over folds (the replicates of a fold averaged first): n_folds (folds with a
+    finite main metric), n_networks, n_collapsed, mean and sd over folds of every metric,
+    main one first; for the main metric also seed_sd (the s.d. between the replicates of
+    one fold, averaged over the folds that have two or more; NaN without replicates) and
+    mean / sd without the collapsed networks; paper_mean / paper_sd where the paper reports
+    a number for that size (else NaN)."""
     if task not in MAIN_METRIC:
         raise FewcellsError(f"task must be one of {sorted(MAIN_METRIC)}, got {task!r}")
     names = BINARY_METRICS if task == "binary" else MULTICLASS_METRICS
     main = MAIN_METRIC[task]
-    grouped = metrics.groupby("size", sort=True)
-    summary = pd.DataFrame({"size": sorted(metrics["size"].unique())})
-    summary["n_folds"] = grouped[main].count().to_numpy()
+    metrics = with_replicate(metrics)
+    if "collapsed" not in metrics.columns:
+        metrics = metrics.assign(collapsed=False)
+    sizes = sorted(metrics["size"].unique())
+    per_fold = metrics.groupby(["size", "fold"], sort=True)[names].mean()
+    over_folds = per_fold.groupby(level="size")
+    networks = metrics.groupby("size")
+    summary = pd.DataFrame({"size": sizes})
+    summary["n_folds"] = over_folds[main].count().reindex(sizes).to_numpy()
+    summary["n_networks"] = networks[main].count().reindex(sizes).to_numpy()
+    summary["n_collapsed"] = networks["collapsed"].sum().reindex(sizes).astype(int).to_numpy()
     for name in names:
-        summary[f"{name}_mean"] = grouped[name].mean().to_numpy()
-        summary[f"{name}_sd"] = grouped[name].std(ddof=1).to_numpy()
+        summary[f"{name}_mean"] = over_folds[name].mean().reindex(sizes).to_numpy()
+        summary[f"{name}_sd"] = over_folds[name].std(ddof=1).reindex(sizes).to_numpy()
+    between_seeds = metrics.groupby(["size", "fold"])[main].std(ddof=1).groupby(level="size")
+    summary[f"{main}_seed_sd"] = between_seeds.mean().reindex(sizes).to_numpy()
+    clean = fold_scores(metrics, main, drop_collapsed=True).groupby("size")["score"]
+    summary[f"{main}_without_collapsed_mean"] = clean.mean().reindex(sizes).to_numpy()
+    summary[f"{main}_without_collapsed_sd"] = clean.std(ddof=1).reindex(sizes).to_numpy()
     paper = paper_values(reference, task, summary["size"].tolist()) if reference else {}
     summary["paper_mean"] = [paper.get(s, (math.nan, math.nan))[0] for s in summary["size"]]
     summary["paper_sd"] = [paper.get(s, (math.nan, math.nan))[1] for s in summary["size"]]
@@ -640,36 +712,68 @@ def summary_markdown(
     experiment_name: str,
     reference: str | None = None,
     extra_lines: Sequence[str] = (),
+    *,
+    curve_fit_without_collapsed: dict | None = None,
+    provenance_lines: Sequence[str] = (),
 ) -> str:
-    """Markdown report: per-size table (mean ± sd over folds, paper next to the main metric)
-    and the learning-curve lines ("95% of plateau reached at n = X (95% CI a–b)"), then
-    `extra_lines` (e.g. the class-wise table of a multiclass task)."""
-    metric_names = [c[: -len("_mean")] for c in summary.columns if c.endswith("_mean")]
-    metric_names = [m for m in metric_names if m != "paper"]
-    main = metric_names[0]
-    headers = ["n (images)", "folds", plots.METRIC_LABELS.get(main, main), "paper"] + [
-        plots.METRIC_LABELS.get(m, m) for m in metric_names[1:]
+    """Markdown report: per-size table (mean ± sd over folds, paper next to the main metric,
+    networks and collapsed networks counted, the spread between seeds where there are
+    replicates), the learning-curve lines ("95% of plateau reached at n = X (95% CI a–b)")
+    with and without the collapsed networks, `extra_lines` (e.g. the class-wise table of a
+    multiclass task) and `provenance_lines` (what produced the numbers)."""
+    metric_names = [
+        c[: -len("_mean")]
+        for c in summary.columns
+        if c.endswith("_mean") and c != "paper_mean" and "_without_collapsed" not in c
     ]
+    main = metric_names[0]
+    main_label = plots.METRIC_LABELS.get(main, main)
+    replicated = bool((summary["n_networks"] > summary["n_folds"]).any())
+    collapsed = bool(summary["n_collapsed"].sum())
+    headers = ["n (images)", "folds"]
+    headers += ["networks"] if replicated else []
+    headers += ["collapsed", main_label]
+    headers += ["s.d. between seeds"] if replicated else []
+    headers += [f"{main_label} without collapsed"] if collapsed else []
+    headers += ["paper"] + [plots.METRIC_LABELS.get(m, m) for m in metric_names[1:]]
     lines = [
         f"# {experiment_name}",
         "",
-        "Test-fold metrics, mean ± s.d. over folds, by training-set size n.",
+        "Test-fold metrics by training-set size n: mean ± s.d. over folds"
+        + (" (each fold's replicates averaged first)" if replicated else "")
+        + ". Collapsed: networks whose output is the same for every image (a failed "
+        "training, ROC-AUC 0.5 by construction); they are counted in the means.",
         "",
         "| " + " | ".join(headers) + " |",
         "|" + "|".join("---" for _ in headers) + "|",
     ]
     for row in summary.itertuples(index=False):
         row = row._asdict()
-        cells = [
-            str(row["size"]),
-            str(row["n_folds"]),
-            _mean_sd(row[f"{main}_mean"], row[f"{main}_sd"]),
-            _mean_sd(row["paper_mean"], row["paper_sd"]),
-        ] + [_mean_sd(row[f"{m}_mean"], row[f"{m}_sd"]) for m in metric_names[1:]]
+        cells = [str(row["size"]), str(row["n_folds"])]
+        cells += [str(row["n_networks"])] if replicated else []
+        cells += [str(row["n_collapsed"]), _mean_sd(row[f"{main}_mean"], row[f"{main}_sd"])]
+        if replicated:
+            seed_sd = row[f"{main}_seed_sd"]
+            cells.append(f"{seed_sd:.3f}" if np.isfinite(seed_sd) else "–")
+        if collapsed:
+            cells.append(
+                _mean_sd(row[f"{main}_without_collapsed_mean"], row[f"{main}_without_collapsed_sd"])
+            )
+        cells.append(_mean_sd(row["paper_mean"], row["paper_sd"]))
+        cells += [_mean_sd(row[f"{m}_mean"], row[f"{m}_sd"]) for m in metric_names[1:]]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", *_learning_curve_lines(curve_fit, reference), ""]
+    if curve_fit_without_collapsed is not None and collapsed:
+        lines += [
+            "Without the collapsed networks:",
+            "",
+            *_learning_curve_lines(curve_fit_without_collapsed, None),
+            "",
+        ]
     if extra_lines:
         lines += [*extra_lines, ""]
+    if provenance_lines:
+        lines += ["## Produced by", "", *provenance_lines, ""]
     return "\n".join(lines)
 
 
@@ -688,11 +792,14 @@ def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame:
         raise FewcellsError(f"{path}: missing columns {missing}")
     if frame.empty:
         raise FewcellsError(f"{path}: has no rows")
-    for column in ("fold", "size"):
+    frame = with_replicate(frame)
+    for column in RUN_KEYS:
         if not pd.api.types.is_integer_dtype(frame[column]):
             raise FewcellsError(f"{path}: column {column!r} must hold integers")
-    if frame[["fold", "size"]].drop_duplicates().shape[0] != 1:
-        raise FewcellsError(f"{path}: must hold exactly one (size, fold); a job writes one")
+    if frame[RUN_KEYS].drop_duplicates().shape[0] != 1:
+        raise FewcellsError(
+            f"{path}: must hold exactly one (size, fold, replicate); a training writes one"
+        )
     return frame
 
 
@@ -722,16 +829,17 @@ def read_predictions(
     probability = [f"p_{name}" for name in class_names]
     frames, seen = [], {}
     for path in map(Path, paths):
-        frame = _read_csv(path, PREDICTION_COLUMNS + probability)
+        frame = _read_csv(path, [c for c in PREDICTION_COLUMNS if c != "replicate"] + probability)
         extra = [c for c in probability_columns(frame) if c not in probability]
         if extra:
             raise FewcellsError(
                 f"{path}: probability columns {extra} are not classes {list(class_names)}"
             )
-        key = (int(frame["size"].iloc[0]), int(frame["fold"].iloc[0]))
+        key = tuple(int(frame[column].iloc[0]) for column in RUN_KEYS)
         if key in seen:
             raise FewcellsError(
-                f"{path}: size {key[0]} fold {key[1]} already read from {seen[key]}"
+                f"{path}: size {key[0]} fold {key[1]} replicate {key[2]} already read from "
+                f"{seen[key]}"
             )
         seen[key] = path
         if not (frame["split"] == "test").any():
@@ -758,7 +866,7 @@ def read_histories(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     `phase` column of fine-tuned trainings is kept)."""
     frames = []
     for path in map(Path, paths):
-        frame = _read_csv(path, HISTORY_COLUMNS)
+        frame = _read_csv(path, [c for c in HISTORY_COLUMNS if c != "replicate"])
         numeric = ["epoch", "train_loss", "val_loss"]
         if not all(pd.api.types.is_numeric_dtype(frame[c]) for c in numeric):
             raise FewcellsError(f"{path}: columns {numeric} must hold numbers")
@@ -768,6 +876,37 @@ def read_histories(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
     if not frames:
         raise FewcellsError("no history.csv files given")
     return pd.concat(frames, ignore_index=True)
+
+
+def read_train_infos(paths: Sequence[str | os.PathLike]) -> list[dict]:
+    """The train_info.json of each training (a missing or unreadable file is an error)."""
+    infos = []
+    for path in map(Path, paths):
+        try:
+            infos.append(json.loads(path.read_text()))
+        except FileNotFoundError as error:
+            raise FewcellsError(f"{path}: file not found") from error
+        except (OSError, json.JSONDecodeError) as error:
+            raise FewcellsError(f"{path}: not readable JSON ({error})") from error
+    return infos
+
+
+def provenance_lines(infos: Sequence[dict], evaluation: dict) -> list[str]:
+    """Markdown lines saying what produced the trainings (each distinct value of the
+    PROVENANCE_FIELDS with its number of networks; "unknown" where a train_info.json
+    predates the field) and the evaluation."""
+    lines = []
+    for field in PROVENANCE_FIELDS:
+        counts = pd.Series([str(info.get(field, "unknown")) for info in infos]).value_counts()
+        values = "; ".join(
+            f"{value} ({count} networks)" if len(counts) > 1 else value
+            for value, count in counts.items()
+        )
+        lines.append(f"- trainings' {field.replace('_', ' ')}: {values or 'unknown'}")
+    lines.append(
+        "- evaluation: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in evaluation.items())
+    )
+    return lines
 
 
 # --------------------------------------------------------------------------- the driver
@@ -802,29 +941,38 @@ def evaluate_experiment(
     experiment: str,
     reference: str | None,
     plot_options: dict | None,
+    info_files: Sequence[str | os.PathLike] = (),
     n_boot: int = 1000,
 ) -> None:
-    """Evaluate a sweep's job outputs; write tables and figures (each atomically) to out_dir.
+    """Evaluate a sweep's training outputs; write tables and figures (each atomically) to
+    out_dir.
 
-    Tables: metrics.csv, summary.csv, summary.md, learning_curve.csv, learning_curve_fit.json,
-    mean_roc.csv (binary; sizes with a finite AUC); for multiclass tasks
-    confusion_matrix.csv (largest size), confusion_matrix_by_size.csv, classwise.csv
-    (precision and sensitivity per size, fold and class) and classwise_summary.csv (pooled
-    over folds, and mean ± sd over folds; its largest size is also in summary.md).
+    Tables: metrics.csv (per network: size, fold, replicate, the metrics, output_spread,
+    collapsed), summary.csv, summary.md, learning_curve.csv, learning_curve_fit.json (fitted
+    to the per-fold means, with `without_collapsed`: the same fit without the collapsed
+    networks), mean_roc.csv (binary; sizes with a finite AUC; replicate 0 of each fold); for
+    multiclass tasks (replicate 0 of each fold) confusion_matrix.csv (largest size),
+    confusion_matrix_by_size.csv, classwise.csv (precision and sensitivity per size, fold
+    and class) and classwise_summary.csv (pooled over folds, and mean ± sd over folds; its
+    largest size is also in summary.md).
     Figures: loss_curves.png, learning_curve.png, and roc_mean.png + auc_boxplot.png
-    (binary) or f1_boxplot.png + confusion_matrix.png (multiclass).
+    (binary) or f1_boxplot.png + confusion_matrix.png (multiclass), and with replicates
+    spread_folds_seeds.png.
     plot_options: dpi (150), roc_sizes and loss_sizes (default: 4 sizes spread over the range).
+    info_files: the trainings' train_info.json, whose provenance summary.md reports.
     n_boot: bootstrap resamples of the learning-curve fit.
     """
+    from fewcells.provenance import provenance
+
     class_names, task = read_classes(classes_json)
     pred = read_predictions(prediction_files, class_names)
     history = read_histories(history_files)
-    predicted_jobs = set(map(tuple, pred[["size", "fold"]].drop_duplicates().to_numpy().tolist()))
-    history_jobs = set(map(tuple, history[["size", "fold"]].drop_duplicates().to_numpy().tolist()))
+    predicted_jobs = set(map(tuple, pred[RUN_KEYS].drop_duplicates().to_numpy().tolist()))
+    history_jobs = set(map(tuple, history[RUN_KEYS].drop_duplicates().to_numpy().tolist()))
     if predicted_jobs != history_jobs:
         raise FewcellsError(
-            "predictions and histories cover different (size, fold) jobs: only predictions "
-            f"{sorted(predicted_jobs - history_jobs)}, "
+            "predictions and histories cover different (size, fold, replicate) trainings: only "
+            f"predictions {sorted(predicted_jobs - history_jobs)}, "
             f"only histories {sorted(history_jobs - predicted_jobs)}"
         )
     sizes = sorted(pred["size"].unique().tolist())
@@ -834,10 +982,10 @@ def evaluate_experiment(
         metrics = binary_metrics(pred, class_names[1])
     else:
         metrics = multiclass_metrics(pred, class_names)
+    metrics = metrics.merge(network_outputs(pred), on=RUN_KEYS, how="left")
     summary = summarize(metrics, task, reference)
-    curve_fit = fit_learning_curve(
-        metrics[["size", "fold"]].assign(score=metrics[main]), n_boot=n_boot
-    )
+    curve_fit = fit_learning_curve(fold_scores(metrics, main), n_boot=n_boot)
+    clean_fit = fit_learning_curve(fold_scores(metrics, main, drop_collapsed=True), n_boot=n_boot)
     with_paper = summary[summary["paper_mean"].notna()]
     paper = dict(
         zip(
@@ -846,6 +994,7 @@ def evaluate_experiment(
             strict=True,
         )
     )
+    first_networks = pred[pred["replicate"] == 0]
 
     extra_lines: list[str] = []
     tables = {
@@ -854,15 +1003,22 @@ def evaluate_experiment(
         "learning_curve.csv": curve_fit["curve"],
     }
     figures = {
-        "loss_curves.png": plots.loss_curves(history, options["loss_sizes"], experiment=experiment),
+        "loss_curves.png": plots.loss_curves(
+            history[history["replicate"] == 0], options["loss_sizes"], experiment=experiment
+        ),
         "learning_curve.png": plots.learning_curve(
             metrics, curve_fit, score=main, experiment=experiment
         ),
     }
+    if (metrics["replicate"] > 0).any():
+        figures["spread_folds_seeds.png"] = plots.spread_folds_seeds(
+            metrics, main, experiment=experiment
+        )
     if task == "binary":
         roc_sizes = sorted(metrics.loc[metrics["roc_auc"].notna(), "size"].unique())
         roc = pd.concat(
-            [mean_roc(pred, class_names[1], size) for size in roc_sizes], ignore_index=True
+            [mean_roc(first_networks, class_names[1], size) for size in roc_sizes],
+            ignore_index=True,
         )
         tables["mean_roc.csv"] = roc
         figures["roc_mean.png"] = plots.roc_curves(
@@ -873,13 +1029,14 @@ def evaluate_experiment(
         )
     else:
         by_size = pd.concat(
-            [confusion_matrix_table(pred, class_names, size) for size in sizes], ignore_index=True
+            [confusion_matrix_table(first_networks, class_names, size) for size in sizes],
+            ignore_index=True,
         )
         largest = by_size[by_size["size"] == sizes[-1]]
         tables["confusion_matrix.csv"] = largest
         tables["confusion_matrix_by_size.csv"] = by_size
-        tables["classwise.csv"] = classwise_metrics(pred, class_names)
-        tables["classwise_summary.csv"] = classwise_summary(pred, class_names)
+        tables["classwise.csv"] = classwise_metrics(first_networks, class_names)
+        tables["classwise_summary.csv"] = classwise_summary(first_networks, class_names)
         extra_lines = classwise_markdown(tables["classwise_summary.csv"], sizes[-1])
         figures["f1_boxplot.png"] = plots.score_boxplot(
             metrics, "macro_f1", paper=paper, experiment=experiment
@@ -894,15 +1051,30 @@ def evaluate_experiment(
     out_dir = Path(out_dir)
     for name, table in tables.items():
         write_csv(table, out_dir / name)
-    fit_parameters = {
-        key: None if isinstance(value, float) and math.isnan(value) else value
-        for key, value in curve_fit.items()
-        if key != "curve"
-    }
-    write_json(fit_parameters, out_dir / "learning_curve_fit.json")
+    write_json(
+        _fit_parameters(curve_fit) | {"without_collapsed": _fit_parameters(clean_fit)},
+        out_dir / "learning_curve_fit.json",
+    )
     write_text(
-        summary_markdown(summary, curve_fit, experiment, reference, extra_lines),
+        summary_markdown(
+            summary,
+            curve_fit,
+            experiment,
+            reference,
+            extra_lines,
+            curve_fit_without_collapsed=clean_fit,
+            provenance_lines=provenance_lines(read_train_infos(info_files), provenance()),
+        ),
         out_dir / "summary.md",
     )
     for name, figure in figures.items():
         write_png(figure, out_dir / name, options["dpi"])
+
+
+def _fit_parameters(curve_fit: dict) -> dict:
+    """A learning-curve fit as JSON: without the plotted curve, NaN as null."""
+    return {
+        key: None if isinstance(value, float) and math.isnan(value) else value
+        for key, value in curve_fit.items()
+        if key != "curve"
+    }

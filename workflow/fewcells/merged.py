@@ -26,6 +26,7 @@ from fewcells.evaluate import (
     read_classes,
     read_predictions,
     summarize,
+    with_replicate,
 )
 
 # Column names of the two-class table of one group (never a class name: no p_ prefix clash).
@@ -42,7 +43,7 @@ def group_predictions(
         raise FewcellsError(f"unknown class(es) {unknown} (classes: {list(class_names)})")
     member_targets = [list(class_names).index(name) for name in members]
     merged = pred[[f"p_{name}" for name in members]].sum(axis=1).clip(0.0, 1.0)
-    table = pred[PREDICTION_COLUMNS].copy()
+    table = with_replicate(pred)[PREDICTION_COLUMNS].copy()
     table["target"] = pred["target"].isin(member_targets).astype(int)
     table[f"p_{OUTSIDE}"] = 1.0 - merged
     table[f"p_{IN_GROUP}"] = merged

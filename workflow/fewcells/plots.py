@@ -27,6 +27,7 @@ METRIC_LABELS = {
     "balanced_accuracy": "Balanced accuracy",
 }
 TRAIN_COLOUR, VAL_COLOUR, FIT_COLOUR, PAPER_COLOUR = "tab:blue", "tab:orange", "tab:red", "black"
+COLLAPSED_COLOUR = "tab:red"
 
 
 def spread_sizes(sizes: Sequence[int], count: int = 4) -> list[int]:
@@ -44,6 +45,28 @@ def _title(experiment: str, what: str) -> str:
 def _fold_count_text(counts: pd.Series) -> str:
     low, high = int(counts.min()), int(counts.max())
     return f"{high} folds per size" if low == high else f"{low}–{high} folds per size"
+
+
+def _fold_means(metrics: pd.DataFrame, score: str) -> pd.DataFrame:
+    """Per (size, fold): `score` averaged over the fold's replicates (if any)."""
+    return metrics.groupby(["size", "fold"], as_index=False)[score].mean()
+
+
+def _networks(metrics: pd.DataFrame, score: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The networks with a finite `score`, split into working and collapsed ones."""
+    finite = metrics[np.isfinite(metrics[score].to_numpy(dtype=float))]
+    collapsed = (
+        finite["collapsed"].astype(bool)
+        if "collapsed" in finite
+        else pd.Series(False, index=finite.index)
+    )
+    return finite[~collapsed], finite[collapsed]
+
+
+def _network_points_label(metrics: pd.DataFrame) -> str:
+    """'single folds', or 'single networks' when some fold has several replicates."""
+    replicated = "replicate" in metrics and (metrics["replicate"] > 0).any()
+    return "single networks" if replicated else "single folds"
 
 
 def loss_curves(
@@ -161,10 +184,13 @@ def score_boxplot(
     paper: Mapping[int, tuple[float, float]] | None = None,
     experiment: str = "",
 ) -> Figure:
-    """Box plot of a per-fold test score vs training size, folds overlaid (paper Fig. 4a/6);
-    `paper` maps size -> (mean, sd) drawn as mean ± s.d. where the paper reports one."""
+    """Box plot of the per-fold test score vs training size (each fold's replicates averaged
+    first), single networks overlaid, collapsed networks (constant output) as red crosses
+    (paper Fig. 4a/6); `paper` maps size -> (mean, sd) drawn as mean ± s.d. where the paper
+    reports one."""
     sizes = sorted(metrics["size"].unique())
-    values = [metrics.loc[metrics["size"] == s, score].dropna().to_numpy() for s in sizes]
+    fold_means = _fold_means(metrics, score)
+    values = [fold_means.loc[fold_means["size"] == s, score].dropna().to_numpy() for s in sizes]
     positions = np.arange(len(sizes))
     figure = Figure(figsize=(max(5.0, 0.45 * len(sizes) + 2.5), 4.2), layout="constrained")
     ax = figure.subplots()
@@ -172,10 +198,25 @@ def score_boxplot(
         values, positions=positions, widths=0.6, showfliers=False, medianprops={"color": "tab:blue"}
     )
     jitter = np.random.default_rng(0)
-    for position, points in zip(positions, values, strict=True):
+    working, collapsed = _networks(metrics, score)
+    for points, marker, colour in ((working, "o", "grey"), (collapsed, "x", COLLAPSED_COLOUR)):
+        where = np.searchsorted(sizes, points["size"].to_numpy())
         offsets = jitter.uniform(-0.15, 0.15, len(points))
-        ax.plot(position + offsets, points, "o", ms=3, color="grey", alpha=0.7, mew=0)
-    handles = [Line2D([], [], marker="o", ls="", color="grey", ms=3, label="single folds")]
+        ax.plot(where + offsets, points[score], marker, ms=4, color=colour, alpha=0.8)
+    handles = [
+        Line2D([], [], marker="o", ls="", color="grey", ms=3, label=_network_points_label(metrics))
+    ]
+    if len(collapsed):
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="x",
+                ls="",
+                color=COLLAPSED_COLOUR,
+                label=f"collapsed: constant output ({len(collapsed)})",
+            )
+        )
     for size, (mean, sd) in (paper or {}).items():
         if size in sizes:
             ax.errorbar(
@@ -187,7 +228,7 @@ def score_boxplot(
         )
     ax.legend(handles=handles, fontsize=8, loc="lower right")
     ax.set_xticks(positions, [str(s) for s in sizes], rotation=45 if len(sizes) > 10 else 0)
-    counts = metrics.groupby("size")[score].count()
+    counts = fold_means.groupby("size")[score].count()
     ax.set_xlabel(f"Training-set size n (images; {_fold_count_text(counts)})")
     ax.set_ylabel(f"{METRIC_LABELS.get(score, score)} on the test fold")
     ax.grid(axis="y", alpha=0.3)
@@ -197,25 +238,72 @@ def score_boxplot(
     return figure
 
 
+def spread_folds_seeds(metrics: pd.DataFrame, score: str, *, experiment: str = "") -> Figure:
+    """At each size with replicates: the s.d. of the score between folds (of the per-fold
+    means) beside the s.d. between seeds on one fold (averaged over the folds)."""
+    label = METRIC_LABELS.get(score, score)
+    replicated = metrics.groupby("size")["replicate"].max()
+    sizes = sorted(replicated[replicated > 0].index)
+    between_folds = _fold_means(metrics, score).groupby("size")[score].std(ddof=1)
+    between_seeds = metrics.groupby(["size", "fold"])[score].std(ddof=1).groupby("size").mean()
+    replicates = metrics.groupby(["size", "fold"])["replicate"].count().groupby("size").max()
+    figure = Figure(figsize=(max(4.5, 1.1 * len(sizes) + 2.5), 3.8), layout="constrained")
+    ax = figure.subplots()
+    positions = np.arange(len(sizes))
+    ax.bar(
+        positions - 0.2,
+        between_folds.reindex(sizes),
+        0.4,
+        color=TRAIN_COLOUR,
+        label="between folds (s.d. of the per-fold means)",
+    )
+    ax.bar(
+        positions + 0.2,
+        between_seeds.reindex(sizes),
+        0.4,
+        color=VAL_COLOUR,
+        label="between seeds on one fold (mean s.d.)",
+    )
+    ax.set_xticks(positions, [f"{s}\n({int(replicates[s])} seeds)" for s in sizes], fontsize=9)
+    ax.set_xlabel("Training-set size n (images)")
+    ax.set_ylabel(f"s.d. of the test {label}")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(_title(experiment, f"where the spread of {label} comes from"), fontsize=11)
+    return figure
+
+
 def learning_curve(
     metrics: pd.DataFrame, fit: dict, *, score: str = "roc_auc", experiment: str = ""
 ) -> Figure:
-    """Per-fold scores, their mean, the fitted saturating curve with its bootstrap band,
-    the plateau and the size reaching the plateau fraction with its 95% CI."""
+    """Single networks' scores (collapsed ones as red crosses), the mean over folds, the
+    fitted saturating curve with its bootstrap band, the plateau and the size reaching the
+    plateau fraction with its 95% CI."""
     label = METRIC_LABELS.get(score, score)
     figure = Figure(figsize=(6.4, 4.4), layout="constrained")
     ax = figure.subplots()
+    working, collapsed = _networks(metrics, score)
     ax.plot(
-        metrics["size"],
-        metrics[score],
+        working["size"],
+        working[score],
         "o",
         ms=3,
         color="grey",
         alpha=0.5,
         mew=0,
-        label="single folds",
+        label=_network_points_label(metrics),
     )
-    means = metrics.groupby("size")[score].mean()
+    if len(collapsed):
+        ax.plot(
+            collapsed["size"],
+            collapsed[score],
+            "x",
+            ms=5,
+            color=COLLAPSED_COLOUR,
+            label=f"collapsed: constant output ({len(collapsed)})",
+        )
+    fold_means = _fold_means(metrics, score)
+    means = fold_means.groupby("size")[score].mean()
     ax.plot(means.index, means.to_numpy(), "s-", color="black", ms=4, lw=1, label="mean over folds")
     if fit["ok"]:
         curve = fit["curve"]
@@ -265,9 +353,8 @@ def learning_curve(
             ha="center",
             color=FIT_COLOUR,
         )
-    ax.set_xlabel(
-        f"Training-set size n (images; {_fold_count_text(metrics.groupby('size')[score].count())})"
-    )
+    fold_counts = _fold_count_text(fold_means.groupby("size")[score].count())
+    ax.set_xlabel(f"Training-set size n (images; {fold_counts})")
     ax.set_ylabel(f"{label} on the test fold")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

@@ -35,6 +35,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from fewcells.atomic import atomic_path
 from fewcells.augment import BatchAugment
+from fewcells.collapse import is_collapsed, output_spread
 from fewcells.errors import FewcellsError
 from fewcells.model import PaperCNN, build_model, to_model_input
 from fewcells.paper_stem import load_kernel
@@ -87,9 +88,6 @@ HISTORY_COLUMNS = (
 DEFAULT_FINETUNE: dict = {"head_epochs": 10, "head_lr": 0.01, "freeze_batchnorm": True}
 HEAD_PHASE, FINETUNE_PHASE = "head", "finetune"
 BATCHNORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
-# A network whose test and validation probabilities all lie within this of each other has
-# collapsed to a constant output (every hidden unit dead or saturated).
-COLLAPSE_TOLERANCE = 1e-6
 EVAL_BATCH_SIZE = 64  # validation/test/predict batches: no augmentation, no batch statistics
 PROGRESS_EVERY_EPOCHS = 10
 
@@ -98,13 +96,6 @@ def training_seed(train_cfg: dict, fold: int, size: int, replicate: int = 0) -> 
     """The seed of one training (initial weights, batch order, augmentation):
     train.seed + 1000 * fold + size, plus 1,000,000 per replicate."""
     return int(train_cfg["seed"]) + 1000 * fold + size + 1_000_000 * replicate
-
-
-def output_spread(probabilities: np.ndarray) -> float:
-    """The largest range of one class's probability over the images: 0 for a constant output."""
-    if len(probabilities) == 0:
-        return 0.0
-    return float((probabilities.max(axis=0) - probabilities.min(axis=0)).max())
 
 
 def train_config(train_cfg: dict | None) -> dict:
@@ -627,7 +618,7 @@ def _write_outputs(
         embedding=embeddings.astype(np.float32),
     )
     spread = output_spread(probabilities[table["split"].isin(["test", "val"]).to_numpy()])
-    return {"output_spread": spread, "collapsed": spread < COLLAPSE_TOLERANCE}
+    return {"output_spread": spread, "collapsed": is_collapsed(spread)}
 
 
 def _trainer(cfg: dict, max_epochs: int, callbacks: list, root: Path, progress: bool, **kw):

@@ -386,6 +386,7 @@ def evaluate_inputs(wildcards):
         "classes": f"{RESULTS}/{wildcards.experiment}/folds/classes.json",
         "predictions": [f"{d}/predictions.csv" for d in dirs],
         "history": [f"{d}/history.csv" for d in dirs],
+        "info": [f"{d}/train_info.json" for d in dirs],
     }
 
 
