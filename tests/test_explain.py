@@ -15,8 +15,9 @@ from fewcells.model import MIN_IMAGE_SIZE, PaperCNN, build_model
 
 
 def _network(zero_biases: bool) -> PaperCNN:
+    """The paper CNN with PyTorch's initialisation (random biases) or with zero biases."""
     torch.manual_seed(0)
-    model = PaperCNN(2, image_size=MIN_IMAGE_SIZE)
+    model = PaperCNN(2, image_size=MIN_IMAGE_SIZE, init="torch")
     if zero_biases:
         with torch.no_grad():
             for name, parameter in model.named_parameters():
@@ -100,6 +101,72 @@ def test_lrp_through_a_canonized_resnet_leaves_the_network_as_it_was():
         torch.testing.assert_close(model(x), before)  # BatchNorm restored after attribution
 
 
+def _two_pixel_network() -> torch.nn.Sequential:
+    """conv (1 x 2 kernel, weights -1 and 2) -> ReLU -> dense (weight 1), no biases: on the
+    pixels (0, 1) the output is 2."""
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 1, (1, 2), bias=False),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(1, 1, bias=False),
+    )
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[[[-1.0, 2.0]]]]))
+        model[3].weight.fill_(1.0)
+    return model.eval()
+
+
+def test_box_rule_gives_dark_pixels_relevance_the_epsilon_rule_does_not():
+    model, x, target = _two_pixel_network(), torch.tensor([[[[0.0, 1.0]]]]), torch.tensor([0])
+    epsilon, logit = explain.lrp(model, x, target, explain.make_composite("epsilon", 1e-9))
+    box, _ = explain.lrp(model, x, target, explain.make_composite("epsilon_gamma_box", 1e-9))
+    assert logit == pytest.approx([2.0])
+    # Epsilon: R_i = x_i w_i R / z, so the black pixel gets nothing.
+    np.testing.assert_allclose(epsilon.ravel(), [0.0, 2.0], atol=1e-6)
+    # Box rule, bounds [0, 1]: R_i ~ x_i w_i - low w_i+ - high w_i- = (1, 2), normalised to R = 2.
+    np.testing.assert_allclose(box.ravel(), [2 / 3, 4 / 3], rtol=1e-5)
+
+
+def test_box_rule_reaches_the_black_pixels_of_the_paper_cnn():
+    x, targets = _input(), torch.tensor([0, 1])
+    x[..., ::2] = 0.0  # every other column black: each 3x3 window sees black and bright
+    for model in (_network(zero_biases=True), _network(zero_biases=False)):
+        epsilon, _ = explain.lrp(model, x, targets, explain.make_composite("epsilon"))
+        box, _ = explain.lrp(model, x, targets, explain.make_composite("epsilon_gamma_box"))
+        assert np.all(epsilon[..., ::2] == 0) and np.abs(epsilon).sum() > 0
+        black_share = np.abs(box[..., ::2]).sum(axis=(1, 2, 3)) / np.abs(box).sum(axis=(1, 2, 3))
+        assert (black_share > 0.3).all()
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0"])
+def test_box_bounds_are_what_the_first_torchvision_convolution_sees(arch):
+    from zennit.types import Convolution
+
+    model = _torchvision(arch)
+    first = next(m for m in model.modules() if isinstance(m, Convolution))
+    seen = []
+    first.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    low, high = explain.input_bounds(model)
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 64, 64))
+        model(torch.ones(1, 3, 64, 64))
+    torch.testing.assert_close(seen[0], low.expand_as(seen[0]))
+    torch.testing.assert_close(seen[1], high.expand_as(seen[1]))
+    assert explain.input_bounds(_network(False)) == (0.0, 1.0)
+    composite = explain.make_composite(
+        "epsilon_gamma_box", canonizers=explain.canonizers_for(model), bounds=(low, high)
+    )
+    relevance, _ = explain.lrp(model, torch.rand(2, 3, 64, 64), torch.tensor([0, 1]), composite)
+    assert np.isfinite(relevance).all() and np.abs(relevance).sum() > 0
+
+
+def test_every_composite_has_a_label_with_its_parameters():
+    labels = [explain.describe_composite(name, 0.5, 0.1) for name in explain.COMPOSITES]
+    assert len(set(labels)) == len(explain.COMPOSITES)
+    assert all("ε = 0.5" in label for label in labels)
+    assert "γ = 0.1" in explain.describe_composite("epsilon_gamma_box", 0.5, 0.1)
+
+
 def test_unknown_composite_is_named():
     with pytest.raises(FewcellsError, match="explain.composite.*'lrp0'"):
         explain.make_composite("lrp0")
@@ -148,22 +215,41 @@ def test_positive_share_on_a_hand_made_map():
     assert np.isnan(explain.positive_share(-np.abs(relevance), mask))
 
 
-def test_relevance_summary_averages_over_images():
+def test_relevance_summary_averages_over_images_per_composite():
     import pandas as pd
 
     shares = pd.DataFrame(
         {
-            "size": [10, 10, 50],
-            "share_nucleus_auto": [0.2, 0.4, 0.9],
-            "nucleus_area_auto": [0.1, 0.3, 0.2],
+            "composite": ["epsilon"] * 4 + ["epsilon_gamma_box"] * 4,
+            "size": [10, 10, 10, 50] * 2,
+            "share_nucleus_auto": [0.2, 0.4, np.nan, 0.9, 0.6, 0.8, 0.4, 0.1],
+            "nucleus_area_auto": [0.1, 0.3, 0.9, 0.2] * 2,
         }
     )
-    summary = explain.relevance_summary(shares).set_index("size")
-    assert summary.loc[10, "mean"] == pytest.approx(0.3)
-    assert summary.loc[10, "sd"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
-    assert summary.loc[10, "area_mean"] == pytest.approx(0.2)
-    assert summary.loc[50, "n_images"] == 1 and np.isnan(summary.loc[50, "sd"])
+    summary = explain.relevance_summary(shares)
+    assert list(summary["composite"]) == ["epsilon"] * 2 + ["epsilon_gamma_box"] * 2
+    paper = summary[summary["composite"] == "epsilon"].set_index("size")
+    assert paper.loc[10, "mean"] == pytest.approx(0.3)
+    assert paper.loc[10, "sd"] == pytest.approx(np.std([0.2, 0.4], ddof=1))
+    assert paper.loc[10, "area_mean"] == pytest.approx(0.2)  # of the images with a share
+    assert paper.loc[10, "enrichment"] == pytest.approx(1.5)
+    assert paper.loc[50, "n_images"] == 1 and np.isnan(paper.loc[50, "sd"])
+    box = summary[summary["composite"] == "epsilon_gamma_box"].set_index("size")
+    assert box.loc[10, "n_images"] == 3 and box.loc[10, "area_mean"] == pytest.approx(13 / 30)
+    assert box.loc[10, "enrichment"] == pytest.approx(0.6 / (13 / 30))
+    assert box.loc[50, "enrichment"] == pytest.approx(0.5)  # 0.1 / 0.2
     assert set(summary["region"]) == {"nucleus"} and set(summary["mask"]) == {"auto"}
+
+
+def test_region_shares_per_mask_source():
+    relevance = np.array([[3.0, -5.0], [1.0, 0.0]])
+    nucleus = np.array([[True, False], [False, False]])
+    cell = np.array([[True, True], [False, False]])
+    shares = explain.region_shares(relevance, {"auto": (nucleus, cell), "expert": (cell, cell)})
+    assert shares["share_nucleus_auto"] == pytest.approx(0.75)
+    assert shares["nucleus_area_auto"] == pytest.approx(0.25)
+    assert shares["cell_area_expert"] == pytest.approx(0.5)
+    assert len(shares) == 8
 
 
 def test_expert_mask_colours_and_lookup(tmp_path):
@@ -210,6 +296,18 @@ def test_example_cells_default_to_the_first_test_image_per_class():
         ("explain", {"sizes": [11]}, "experiments.demo_binary.explain.sizes"),
         ("explain", {"folds": [5]}, "experiments.demo_binary.explain.folds"),
         ("explain", {"composite": "lrp0"}, "experiments.demo_binary.explain.composite"),
+        (
+            "explain",
+            {"share_composites": ["epsilon", "lrp0"]},
+            "experiments.demo_binary.explain.share_composites",
+        ),
+        (
+            "explain",
+            {"share_composites": ["epsilon", "epsilon"]},
+            "experiments.demo_binary.explain.share_composites",
+        ),
+        ("explain", {"share_composites": []}, "experiments.demo_binary.explain.share_composites"),
+        ("explain", {"gamma": -0.1}, "experiments.demo_binary.explain.gamma"),
         ("tsne", {"fold": 3}, "experiments.demo_binary.tsne.fold"),
         ("tsne", {"perplexity": 0}, "experiments.demo_binary.tsne.perplexity"),
     ],
@@ -225,6 +323,23 @@ def test_bad_explain_and_tsne_config_names_the_key(section, value, key):
     config["experiments"]["demo_binary"][section] = value
     with pytest.raises(FewcellsError, match=f"config key {key}"):
         validate_config(config)
+
+
+def test_explain_schema_matches_the_package():
+    import yaml
+
+    from fewcells.config import load_schema, validate_config
+
+    config = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "config/config.yaml").read_text()
+    )
+    config["experiments"]["demo_binary"].pop("explain", None)
+    defaults = validate_config(config)["experiments"]["demo_binary"]["explain"]
+    for key, value in explain.DEFAULT_SETTINGS.items():
+        assert defaults[key] == value, key
+    properties = load_schema()["$defs"]["experiment"]["properties"]["explain"]["properties"]
+    assert properties["composite"]["enum"] == list(explain.COMPOSITES)
+    assert properties["share_composites"]["items"]["enum"] == list(explain.COMPOSITES)
 
 
 def test_explain_and_tsne_defaults_follow_the_sweep():

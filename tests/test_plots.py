@@ -120,3 +120,36 @@ def test_confusion_matrix_cells_show_percent_and_count():
     assert cells[0] == "80%\n(8)" and cells[8] == "–"
     assert [t.get_text() for t in ax.get_yticklabels()][0] == "lymphocyte (10)"
     assert figure.axes[1].get_ylabel() == "% of the true class"  # colour bar
+
+
+def test_relevance_shares_has_one_panel_per_composite_with_area_reference():
+    from fewcells import plots_explain
+
+    rows = [
+        {
+            "composite": composite,
+            "size": size,
+            "region": region,
+            "mask": "expert",
+            "mean": share,
+            "sd": 0.1,
+            "n_images": 25,
+            "area_mean": area,
+        }
+        for composite, share in [("epsilon", 0.03), ("epsilon_gamma_box", 0.4)]
+        for size in (10, 50)
+        for region, area in [("nucleus", 0.13), ("cell", 0.16)]
+    ]
+    labels = {"epsilon": "ε everywhere", "epsilon_gamma_box": "box at the input"}
+    figure = plots_explain.relevance_shares(
+        pd.DataFrame(rows), experiment="ALL binary", fold=0, labels=labels
+    )
+    assert isinstance(figure, Figure) and len(figure.axes) == 2
+    for ax, (name, label) in zip(figure.axes, labels.items(), strict=True):
+        assert ax.get_title() == f"{name}\n{label}"
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "50"]
+        dotted = {tuple(line.get_ydata()) for line in ax.lines if line.get_linestyle() == ":"}
+        assert {(0.13, 0.13), (0.16, 0.16)} <= dotted
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert "nucleus (expert mask)" in legend and "area share (uniform relevance)" in legend
+    assert "n = 25 test images" in figure.texts[0].get_text()

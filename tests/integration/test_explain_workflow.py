@@ -45,12 +45,18 @@ def test_explanations_are_written(explained):
     explain = results / "explain" / "fold0"
     shares = pd.read_csv(explain / "relevance_shares.csv")
     assert sorted(shares["size"].unique()) == [6, 12]
-    assert len(shares) == 2 * n_test
+    composites = ["epsilon", "epsilon_gamma_box"]  # the default explain.share_composites
+    assert list(dict.fromkeys(shares["composite"])) == composites  # one block each
+    assert len(shares) == 2 * 2 * n_test
     values = shares.filter(like="share_").stack()
     assert values.between(0, 1).all() and not values.empty
     summary = pd.read_csv(explain / "relevance_summary.csv")
+    assert list(dict.fromkeys(summary["composite"])) == composites
     assert set(summary["mask"]) == {"auto", "expert"}  # the demo's generated masks are used
     assert (summary["n_images"] <= n_test).all()
+    assert len(summary) == 2 * 2 * 2 * 2  # composites x sizes x regions x mask sources
+    ratio = summary["mean"] / summary["area_mean"]
+    assert ((summary["enrichment"] - ratio).abs() < 1e-9).all()
     masks = pd.read_csv(explain / "masks.csv")
     assert masks["dice_nucleus"].median() > 0.7
     separation = pd.read_csv(results / "tsne/fold0/separation.csv")
@@ -72,5 +78,7 @@ def test_changing_the_perplexity_plans_only_the_tsne(explained):
 
 def test_changing_the_lrp_rule_plans_only_the_explanations(explained):
     config = _write(explained, "rule.yaml", _config(explain={"composite": "epsilon_plus_flat"}))
+    assert set(planned_jobs(explained, "--configfile", config)) - {"all"} == {"explain"}
+    config = _write(explained, "shares.yaml", _config(explain={"share_composites": ["epsilon"]}))
     assert set(planned_jobs(explained, "--configfile", config)) - {"all"} == {"explain"}
     assert planned_jobs(explained, "--configfile", _write(explained, "same.yaml", _config())) == {}

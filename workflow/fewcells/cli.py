@@ -525,7 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--settings",
         type=_json,
         default={},
-        help='JSON: {"composite", "epsilon", "target", "cells"} (the explain config)',
+        help='JSON: {"composite", "share_composites", "epsilon", "gamma", "target", "cells"}'
+        " (the explain config)",
     )
     p.add_argument("--masks", type=Path, default=None, help="folder of expert masks")
     p.add_argument("--fit", default="pad", choices=["pad", "resize"], help="the store's fit")

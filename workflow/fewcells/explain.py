@@ -4,8 +4,10 @@ Saliency is |d logit / d input|, the maximum over colour channels. LRP uses zenn
 default the paper's setting, the epsilon rule (epsilon = 1) on every conv and dense layer,
 starting from the pre-softmax logit of the target class (the true class by default). The
 share of positive LRP relevance inside the nucleus and inside the cell turns the paper's
-"larger training sets focus on the nucleus" into a number per training size; nuclei come
-from a stain-colour segmentation and, where they exist, from expert masks.
+"larger training sets focus on the nucleus" into a number per training size, for each of
+several composites (by default the paper's rule and the box rule at the input layer, which
+does not scale relevance by the pixel values as the epsilon rule does); nuclei come from a
+stain-colour segmentation and, where they exist, from expert masks.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from zennit.attribution import Gradient
 from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
 from zennit.composites import (
     EpsilonAlpha2Beta1,
+    EpsilonGammaBox,
     EpsilonPlusFlat,
     LayerMapComposite,
     layer_map_base,
@@ -39,9 +42,16 @@ from fewcells.model import TorchvisionNet, to_model_input
 
 log = logging.getLogger(__name__)
 
-COMPOSITES = ("epsilon", "epsilon_plus_flat", "epsilon_alpha2_beta1")
+COMPOSITES = ("epsilon", "epsilon_plus_flat", "epsilon_alpha2_beta1", "epsilon_gamma_box")
 BATCH_SIZE = 16
-DEFAULT_SETTINGS = {"composite": "epsilon", "epsilon": 1.0, "target": "true_class", "cells": None}
+DEFAULT_SETTINGS = {
+    "composite": "epsilon",
+    "share_composites": ["epsilon", "epsilon_gamma_box"],
+    "epsilon": 1.0,
+    "gamma": 0.25,
+    "target": "true_class",
+    "cells": None,
+}
 MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp", ".jpg")
 
 
@@ -63,10 +73,31 @@ def canonizers_for(model: torch.nn.Module) -> list[Canonizer]:
     return [SequentialMergeBatchNorm()]
 
 
+def input_bounds(model: torch.nn.Module) -> tuple[float | torch.Tensor, float | torch.Tensor]:
+    """Lowest and highest value the first layer of `model` sees, for the box rule.
+
+    Networks take pixels / 255, so [0, 1]. A TorchvisionNet normalises inside (x - mean) / std
+    before its first convolution, so its bounds are those of pixels 0 and 1 after that, per
+    channel (1, 3, 1, 1).
+    """
+    if isinstance(model, TorchvisionNet):
+        return (0 - model.mean) / model.std, (1 - model.mean) / model.std
+    return 0.0, 1.0
+
+
 def make_composite(
-    name: str, epsilon: float = 1.0, canonizers: list[Canonizer] | None = None
+    name: str,
+    epsilon: float = 1.0,
+    canonizers: list[Canonizer] | None = None,
+    *,
+    gamma: float = 0.25,
+    bounds: tuple[float | torch.Tensor, float | torch.Tensor] = (0.0, 1.0),
 ) -> LayerMapComposite:
-    """The zennit composite `name` (one of COMPOSITES) with the epsilon rule's `epsilon`."""
+    """The zennit composite `name` (one of COMPOSITES) with the epsilon rule's `epsilon`.
+
+    epsilon_gamma_box: the box (z^B) rule with `bounds` (see `input_bounds`) on the first
+    convolution, the gamma rule with `gamma` on the other convolutions, epsilon on dense layers.
+    """
     canonizers = canonizers or []
     if name == "epsilon":
         rule = Epsilon(epsilon=epsilon)
@@ -78,9 +109,27 @@ def make_composite(
         return EpsilonPlusFlat(epsilon=epsilon, canonizers=canonizers)
     if name == "epsilon_alpha2_beta1":
         return EpsilonAlpha2Beta1(epsilon=epsilon, canonizers=canonizers)
+    if name == "epsilon_gamma_box":
+        low, high = bounds
+        return EpsilonGammaBox(
+            low=low, high=high, epsilon=epsilon, gamma=gamma, canonizers=canonizers
+        )
     raise FewcellsError(
         f"explain.composite: unknown composite {name!r}; choose one of {COMPOSITES}"
     )
+
+
+def describe_composite(name: str, epsilon: float, gamma: float) -> str:
+    """A figure label of the composite `name`: which rule acts where, with its parameters."""
+    labels = {
+        "epsilon": f"ε rule (ε = {epsilon:g}) on every layer (the paper)",
+        "epsilon_plus_flat": f"flat at the input, z⁺ on convolutions, ε = {epsilon:g} on dense",
+        "epsilon_alpha2_beta1": f"α2β1 on convolutions, ε = {epsilon:g} on dense",
+        "epsilon_gamma_box": (
+            f"box rule at the input, γ = {gamma:g} on convolutions, ε = {epsilon:g} on dense"
+        ),
+    }
+    return labels[name]
 
 
 def _one_hot(targets: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -219,6 +268,18 @@ def positive_share(relevance: np.ndarray, mask: np.ndarray) -> float:
     return float(positive[mask].sum() / total) if total > 0 else float("nan")
 
 
+def region_shares(relevance: np.ndarray, masks: dict) -> dict[str, float]:
+    """Share of positive relevance of a (H, W) map inside the nucleus and the cell, and their
+    area fractions, per mask source of `masks` ({source: (nucleus, cell)})."""
+    shares = {}
+    for source, (nucleus, cell) in masks.items():
+        shares[f"share_nucleus_{source}"] = positive_share(relevance, nucleus)
+        shares[f"share_cell_{source}"] = positive_share(relevance, cell)
+        shares[f"nucleus_area_{source}"] = nucleus.mean()
+        shares[f"cell_area_{source}"] = cell.mean()
+    return shares
+
+
 # ----------------------------------------------------------------------------- one fold
 
 
@@ -299,15 +360,19 @@ def mask_table(image_ids: Sequence[str], masks: dict[str, dict]) -> pd.DataFrame
 
 
 def relevance_summary(shares: pd.DataFrame) -> pd.DataFrame:
-    """Per size, region and mask source: mean, s.d. and count of the positive-relevance share
-    over images, beside the mean area fraction of that region (the share of uniform relevance)."""
+    """Per composite, size, region and mask source: mean, s.d. and count of the
+    positive-relevance share over images, the mean area fraction of that region over the same
+    images (the share of uniform relevance) and the enrichment mean / area_mean (1: the region
+    gets no more relevance than its area)."""
     rows = []
-    for column in [c for c in shares.columns if c.startswith("share_")]:
-        _, region, source = column.split("_")
-        for size, group in shares.groupby("size"):
+    for (composite, size), group in shares.groupby(["composite", "size"], sort=False):
+        for column in [c for c in shares.columns if c.startswith("share_")]:
+            _, region, source = column.split("_")
             values = group[column].dropna()
+            area = group.loc[values.index, f"{region}_area_{source}"].mean()
             rows.append(
                 {
+                    "composite": composite,
                     "size": size,
                     "region": region,
                     "mask": source,
@@ -315,7 +380,8 @@ def relevance_summary(shares: pd.DataFrame) -> pd.DataFrame:
                     "sd": values.std(ddof=1) if len(values) > 1 else float("nan"),
                     "median": values.median(),
                     "n_images": len(values),
-                    "area_mean": group[f"{region}_area_{source}"].mean(),
+                    "area_mean": area,
+                    "enrichment": values.mean() / area if area > 0 else float("nan"),
                 }
             )
     return pd.DataFrame(rows)
@@ -337,9 +403,10 @@ def explain_fold(
 ) -> pd.DataFrame:
     """Relevance maps, relevance shares and their figures for the networks of one fold.
 
-    Writes to out_dir: relevance_maps.png, relevance_shares.csv (per test image and size),
-    relevance_summary.csv (per size), relevance_shares.png and masks.csv (mask areas, Dice).
-    Returns the summary table.
+    Writes to out_dir: relevance_maps.png (LRP with settings["composite"]),
+    relevance_shares.csv (per composite, size and test image), relevance_summary.csv (per
+    composite and size), relevance_shares.png and masks.csv (mask areas, Dice). Shares are
+    computed for settings["share_composites"] and the drawn composite. Returns the summary.
     """
     from fewcells import plots_explain
     from fewcells.train import read_class_names
@@ -360,12 +427,26 @@ def explain_fold(
     }
     masks = {i: _masks(pixels[i], i, masks_dir, fit) for i in wanted["image_id"]}
     use_predicted = settings["target"] == "predicted"
-    share_rows, maps = [], {}
+    drawn = settings["composite"]
+    composites = list(dict.fromkeys([*settings["share_composites"], drawn]))
+    labels = {
+        name: describe_composite(name, settings["epsilon"], settings["gamma"])
+        for name in composites
+    }
+    share_rows = {name: [] for name in composites}
+    maps = {}
     for size in sizes:
         model = _load_network(Path(train_root) / f"n{size}" / f"fold{fold}" / "model.ckpt")
-        composite = make_composite(
-            settings["composite"], settings["epsilon"], canonizers_for(model)
-        )
+        rules = {
+            name: make_composite(
+                name,
+                settings["epsilon"],
+                canonizers_for(model),
+                gamma=settings["gamma"],
+                bounds=input_bounds(model),
+            )
+            for name in composites
+        }
         for start in range(0, len(wanted), BATCH_SIZE):
             part = wanted.iloc[start : start + BATCH_SIZE]
             batch = np.stack([pixels[i] for i in part["image_id"]])
@@ -373,43 +454,47 @@ def explain_fold(
             with torch.no_grad():
                 predicted = model(x).argmax(dim=1)
             targets = predicted if use_predicted else torch.tensor(part["target"].to_numpy())
-            relevance, logits = lrp(model, x, targets, composite)
-            relevance = relevance.sum(axis=1)
             is_example = part["image_id"].isin(examples["image_id"]).to_numpy()
-            if is_example.any():
-                grads = saliency(model, x[is_example], targets[is_example])
-                for image_id, grad, rel, pred in zip(
-                    part["image_id"][is_example],
-                    grads,
-                    relevance[is_example],
-                    predicted[is_example],
-                    strict=True,
-                ):
-                    maps[(image_id, size)] = (grad, rel, class_names[int(pred)])
-            for j, row in enumerate(part.itertuples()):
-                if row.role != "test":
-                    continue
-                share = {
-                    "fold": fold,
-                    "size": size,
-                    "image_id": row.image_id,
-                    "class_name": row.class_name,
-                    "target": int(targets[j]),
-                    "predicted": class_names[int(predicted[j])],
-                    "logit": float(logits[j]),
-                    "relevance_sum": float(relevance[j].sum()),
-                }
-                for source, (nucleus, cell) in masks[row.image_id].items():
-                    share[f"share_nucleus_{source}"] = positive_share(relevance[j], nucleus)
-                    share[f"share_cell_{source}"] = positive_share(relevance[j], cell)
-                    share[f"nucleus_area_{source}"] = nucleus.mean()
-                    share[f"cell_area_{source}"] = cell.mean()
-                share_rows.append(share)
-        log.info("explain: fold %d size %d: %d test images", fold, size, len(test))
-    shares = pd.DataFrame(share_rows)
+            is_test = (part["role"] == "test").to_numpy()
+            for name, composite in rules.items():
+                relevance, logits = lrp(model, x, targets, composite)
+                relevance = relevance.sum(axis=1)
+                if name == drawn and is_example.any():
+                    grads = saliency(model, x[is_example], targets[is_example])
+                    for image_id, grad, rel, pred in zip(
+                        part["image_id"][is_example],
+                        grads,
+                        relevance[is_example],
+                        predicted[is_example],
+                        strict=True,
+                    ):
+                        maps[(image_id, size)] = (grad, rel, class_names[int(pred)])
+                for j in np.flatnonzero(is_test):
+                    row = part.iloc[j]
+                    share_rows[name].append(
+                        {
+                            "fold": fold,
+                            "composite": name,
+                            "size": size,
+                            "image_id": row["image_id"],
+                            "class_name": row["class_name"],
+                            "target": int(targets[j]),
+                            "predicted": class_names[int(predicted[j])],
+                            "logit": float(logits[j]),
+                            "relevance_sum": float(relevance[j].sum()),
+                            **region_shares(relevance[j], masks[row["image_id"]]),
+                        }
+                    )
+        log.info(
+            "explain: fold %d size %d: %d test images, composites %s",
+            fold,
+            size,
+            len(test),
+            ", ".join(composites),
+        )
+    shares = pd.DataFrame([row for name in composites for row in share_rows[name]])
     summary = relevance_summary(shares)
     summary.insert(0, "fold", fold)
-    summary["composite"] = settings["composite"]
     summary["target_logit"] = settings["target"]
     figures = {
         "relevance_maps.png": plots_explain.relevance_maps(
@@ -426,10 +511,11 @@ def explain_fold(
             sizes,
             experiment=experiment,
             fold=fold,
-            settings=settings,
+            target=settings["target"],
+            lrp_label=labels[drawn],
         ),
         "relevance_shares.png": plots_explain.relevance_shares(
-            summary, experiment=experiment, fold=fold
+            summary, experiment=experiment, fold=fold, labels=labels
         ),
     }
     write_csv(shares, out_dir / "relevance_shares.csv")

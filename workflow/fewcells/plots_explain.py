@@ -40,10 +40,12 @@ def relevance_maps(
     *,
     experiment: str,
     fold: int,
-    settings: Mapping,
+    target: str,
+    lrp_label: str,
 ) -> Figure:
     """Rows = example cells; columns = the cell (nucleus contours) and, per training size,
-    gradient saliency (sequential map) and LRP (red positive, blue negative, symmetric)."""
+    gradient saliency (sequential map) and LRP (red positive, blue negative, symmetric).
+    `target` is whose logit is explained (true_class or predicted), `lrp_label` the rules."""
     columns = 1 + 2 * len(sizes)
     width = max(7.5, 1.7 * columns + 0.4)
     figure = Figure(figsize=(width, 1.9 * len(examples) + 1.4), layout="constrained")
@@ -74,47 +76,55 @@ def relevance_maps(
     )
     figure.suptitle(
         f"{experiment}, fold {fold}: saliency and LRP of the "
-        f"{settings['target'].replace('_', ' ')}'s logit\n"
-        f"saliency |d logit / d input| (max over channels); LRP {settings['composite']}, "
-        f"ε = {settings['epsilon']:g}, red + / blue −\n"
+        f"{target.replace('_', ' ')}'s logit\n"
+        f"saliency |d logit / d input| (max over channels); LRP: {lrp_label}, "
+        f"red + / blue −\n"
         f"each map scaled to its 99.5th percentile; nucleus contour {contours}",
         fontsize=9,
     )
     return figure
 
 
-def relevance_shares(summary: pd.DataFrame, *, experiment: str, fold: int) -> Figure:
-    """Share of positive LRP relevance inside the nucleus and the cell vs training size:
-    mean ± 1 s.d. over the fold's test images; dotted: the region's mean area (what uniform
-    relevance would give)."""
-    figure = Figure(figsize=(6.4, 4.4), layout="constrained")
-    ax = figure.subplots()
+def relevance_shares(
+    summary: pd.DataFrame, *, experiment: str, fold: int, labels: Mapping[str, str]
+) -> Figure:
+    """Share of positive LRP relevance inside the nucleus and the cell vs training size, one
+    panel per composite (titled by `labels`, composite name -> description): mean ± 1 s.d.
+    over the fold's test images; dotted: the region's mean area (what uniform relevance would
+    give)."""
+    composites = list(dict.fromkeys(summary["composite"]))
+    figure = Figure(figsize=(0.4 + 4.6 * len(composites), 4.8), layout="constrained")
+    axes = figure.subplots(1, len(composites), squeeze=False, sharey=True)[0]
     sizes = sorted(summary["size"].unique())
-    for (region, source), group in summary.groupby(["region", "mask"]):
-        group = group.sort_values("size")
-        colour = REGION_COLOURS[region]
-        offset = (0.01 if source == "expert" else -0.01) * (max(sizes) - min(sizes) or 1)
-        ax.errorbar(
-            group["size"] + offset,
-            group["mean"],
-            yerr=group["sd"].fillna(0),
-            color=colour,
-            ls=MASK_STYLES[source],
-            marker="o",
-            ms=4,
-            capsize=3,
-            label=f"{region} ({source} mask)",
-        )
-        ax.plot(group["size"], group["area_mean"], color=colour, ls=":", lw=1)
-    ax.plot([], [], color="grey", ls=":", label="area share (uniform relevance)")
+    offset_unit = 0.01 * (max(sizes) - min(sizes) or 1)
+    for ax, composite in zip(axes, composites, strict=True):
+        panel = summary[summary["composite"] == composite]
+        for (region, source), group in panel.groupby(["region", "mask"]):
+            group = group.sort_values("size")
+            colour = REGION_COLOURS[region]
+            offset = offset_unit if source == "expert" else -offset_unit
+            ax.errorbar(
+                group["size"] + offset,
+                group["mean"],
+                yerr=group["sd"].fillna(0),
+                color=colour,
+                ls=MASK_STYLES[source],
+                marker="o",
+                ms=4,
+                capsize=3,
+                label=f"{region} ({source} mask)",
+            )
+            ax.plot(group["size"], group["area_mean"], color=colour, ls=":", lw=1)
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("Training-set size n (images)")
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{composite}\n{labels[composite]}", fontsize=8)
+    axes[0].plot([], [], color="grey", ls=":", label="area share (uniform relevance)")
+    axes[0].set_ylabel("Share of positive LRP relevance")
+    axes[0].legend(fontsize=8, loc="best")
     n_images = int(summary["n_images"].max())
-    ax.set_xticks(sizes, [str(s) for s in sizes])
-    ax.set_ylim(0, 1)
-    ax.set_xlabel(f"Training-set size n (images; fold {fold})")
-    ax.set_ylabel("Share of positive LRP relevance")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    ax.set_title(
+    figure.suptitle(
         f"{experiment}, fold {fold}: where the relevance lies\n"
         f"mean ± 1 s.d. over n = {n_images} test images",
         fontsize=11,

@@ -432,6 +432,21 @@ def explain_inputs(wildcards):
     }
 
 
+EXPLAIN_SETTINGS = (
+    "cells",
+    "composite",
+    "share_composites",
+    "epsilon",
+    "gamma",
+    "target",
+)
+
+
+def explain_settings(wildcards):
+    explain = experiment_config(wildcards)["explain"]
+    return as_json({key: explain[key] for key in EXPLAIN_SETTINGS})
+
+
 def masks_option(wildcards):
     dataset = CONFIG["datasets"][dataset_of(wildcards)]
     if dataset["masks"]:

@@ -22,13 +22,7 @@ rule explain:
         mem_mb=lambda w: experiment_config(w)["explain"]["mem_mb"],
     params:
         sizes=lambda w: " ".join(map(str, explain_sizes(experiment_config(w)))),
-        settings=lambda w: as_json(
-            {
-                k: v
-                for k, v in experiment_config(w)["explain"].items()
-                if k in ("cells", "composite", "epsilon", "target")
-            }
-        ),
+        settings=explain_settings,
         masks=masks_option,
         fit=lambda w: experiment_config(w)["image"]["fit"],
         dpi=lambda w: experiment_config(w)["plots"]["dpi"],
