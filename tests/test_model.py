@@ -86,3 +86,47 @@ def test_pooling_before_relu_gives_exactly_the_papers_conv_relu_pool():
     (grad_ours,) = torch.autograd.grad(ours.square().sum(), model.features[0].weight)
     (grad_theirs,) = torch.autograd.grad(theirs.square().sum(), paper_features[0].weight)
     torch.testing.assert_close(grad_ours, grad_theirs, rtol=0, atol=0)
+
+
+def weighted_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+
+
+def glorot_limit(layer: torch.nn.Module) -> float:
+    """Keras glorot_uniform's limit sqrt(6 / (fan_in + fan_out)), fans with the kernel area."""
+    receptive = layer.weight[0, 0].numel()
+    fan_in, fan_out = layer.weight.shape[1] * receptive, layer.weight.shape[0] * receptive
+    return (6 / (fan_in + fan_out)) ** 0.5
+
+
+def test_paper_cnn_initialises_as_keras_by_default():
+    torch.manual_seed(0)
+    for model in (PaperCNN(2), build_model({"name": "paper_cnn"}, 2, 257)):
+        layers = weighted_layers(model)
+        assert len(layers) == 8
+        for layer in layers:
+            limit = glorot_limit(layer)
+            weights = layer.weight.detach()
+            assert weights.abs().max() <= limit
+            assert torch.count_nonzero(layer.bias) == 0
+            if weights.numel() >= 100:  # a uniform(-l, l) sample: s.d. l / sqrt(3)
+                assert weights.std().item() == pytest.approx(limit / 3**0.5, rel=0.2)
+        # PyTorch's default would be kaiming_uniform(a = sqrt(5)): limit 1 / sqrt(fan_in)
+        first = layers[0].weight.detach()
+        assert first.abs().max() > 1 / 27**0.5
+
+
+def test_torch_init_keeps_pytorchs_defaults():
+    torch.manual_seed(0)
+    model = build_model({"name": "paper_cnn", "init": "torch"}, 2, 257)
+    for layer in weighted_layers(model):
+        fan_in = layer.weight[0].numel()
+        assert layer.weight.abs().max() <= 1 / fan_in**0.5
+        assert torch.count_nonzero(layer.bias) > 0
+
+
+def test_unknown_or_misplaced_init_is_refused():
+    with pytest.raises(FewcellsError, match="model.init: unknown initialisation 'he'"):
+        PaperCNN(2, init="he")
+    with pytest.raises(FewcellsError, match="model.init: 'keras' is for paper_cnn"):
+        build_model({"name": "resnet18", "init": "keras"}, 2, 64)
