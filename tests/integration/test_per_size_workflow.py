@@ -60,3 +60,39 @@ def test_adding_a_size_plans_one_training_job(per_size_run):
     planned = planned_jobs(workdir, "--configfile", str(config))
     assert planned[f"train_{engine}_tiny_binary"] == 1
     assert "train" not in planned and "folds" not in planned
+
+
+def replicated_config(workdir: Path, engine: str) -> Path:
+    """per_size_config at sizes 6 and 12 with two networks per fold at size 6."""
+    path = per_size_config(workdir, engine, [6, 12])
+    config = yaml.safe_load(path.read_text())
+    config["experiments"]["tiny_binary"]["train"] |= {"replicates": 2, "replicate_sizes": [6]}
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_adding_replicates_trains_only_the_new_networks(per_size_run):
+    engine, workdir = per_size_run
+    if engine != "sequential":
+        config = replicated_config(workdir, engine)
+        result = snakemake(workdir, "-n", "--configfile", str(config), check=False)
+        assert result.returncode != 0
+        refusal = "train.replicates > 1 needs 'per_fold' or 'sequential'"
+        assert refusal in result.stdout + result.stderr
+        return
+    config = replicated_config(workdir, engine)
+    planned = planned_jobs(workdir, "--configfile", str(config))
+    assert planned["train_sequential_tiny_binary_r2"] == 1
+    assert "train_sequential_tiny_binary_r1" not in planned and "folds" not in planned
+    snakemake(workdir, "--cores", "2", "--configfile", str(config))
+    results = workdir / "results/tiny_binary"
+    for fold in (0, 1):
+        first = pd.read_csv(results / f"train/n6/fold{fold}/predictions.csv")
+        second = pd.read_csv(results / f"train/n6/fold{fold}_rep1/predictions.csv")
+        assert set(second["replicate"]) == {1} and first["image_id"].equals(second["image_id"])
+        assert not first["p_blast"].equals(second["p_blast"])  # another seed
+    metrics = pd.read_csv(results / "evaluation/metrics.csv")
+    assert len(metrics) == 2 * 2 + 2 and set(metrics["replicate"]) == {0, 1}
+    summary = (results / "evaluation/summary.md").read_text()
+    assert "s.d. between seeds" in summary and "## Produced by" in summary
+    assert (results / "evaluation/spread_folds_seeds.png").is_file()
