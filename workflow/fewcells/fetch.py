@@ -9,7 +9,6 @@ import hashlib
 import http.client
 import os
 import re
-import shutil
 import sys
 import tarfile
 import time
@@ -160,9 +159,7 @@ def _unsafe_member_name(name: str) -> bool:
 
 def _extract(archive: Path, archive_sha: str, files_dir: Path, subdir: str | None) -> None:
     """Extract a zip or tar archive into `files_dir` atomically, replacing what was there."""
-    if files_dir.exists():
-        shutil.rmtree(files_dir)
-    with atomic_path(files_dir, directory=True) as tmp:
+    with atomic_path(files_dir, directory=True, also_marked_by=(EXTRACTED_MARKER,)) as tmp:
         try:
             if zipfile.is_zipfile(archive):
                 with zipfile.ZipFile(archive) as bundle:
