@@ -313,6 +313,20 @@ def cmd_tsne(args) -> None:
     print(f"tsne: fold {args.fold}\n{table.to_string(index=False)}", file=sys.stderr)
 
 
+def cmd_unlock(args) -> None:
+    from fewcells.runlock import describe, owner_state, remove_stale_temporaries_under, unlock
+
+    owner = unlock(args.results)
+    if owner is None:
+        print(f"unlock: {args.results} was not locked", file=sys.stderr)
+        return
+    print(f"unlock: removed the run lock of {describe(owner)}", file=sys.stderr)
+    if owner_state(owner) == "alive":
+        return  # its half-written outputs may still be in progress
+    for path in remove_stale_temporaries_under(args.results):
+        print(f"unlock: removed {path}, left half-written by a killed run", file=sys.stderr)
+
+
 def cmd_benchmark(args) -> None:
     from fewcells import benchmark
 
@@ -546,6 +560,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dpi", type=int, default=150)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_tsne)
+
+    p = sub.add_parser(
+        "unlock", help="remove a results folder's run lock (when its run has ended uncleanly)"
+    )
+    p.add_argument("results", type=Path, help="the results folder (config key results)")
+    p.set_defaults(func=cmd_unlock)
 
     p = sub.add_parser("benchmark", help="print speed and memory numbers (see fewcells.benchmark)")
     p.add_argument("what", choices=["training", "workflow", "dedup", "sweep", "stacked-sweep"])
