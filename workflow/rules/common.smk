@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from fewcells.config import (
+    check_config_file,
     common_sizes_and_folds,
     compare_metric,
     experiment_task,
@@ -27,6 +28,8 @@ from fewcells.errors import FewcellsError
 from fewcells import runlock
 
 try:
+    for path in workflow.configfiles:
+        check_config_file(path)
     CONFIG = validate_config(config)
 except FewcellsError as error:
     raise WorkflowError(f"invalid configuration: {error}") from None
