@@ -399,3 +399,22 @@ def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
     data = bytes(range(256)) * 5000  # over 1 MiB: more than one chunk
     (tmp_path / "blob").write_bytes(data)
     assert sha256_file(tmp_path / "blob") == hashlib.sha256(data).hexdigest()
+
+
+def test_source_listing_changes_when_files_are_added_removed_or_rewritten(tmp_path):
+    from fewcells.fetch import source_listing
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.tif").write_bytes(b"a")
+    dataset = {"source": {"path": str(tmp_path), "subdir": "img"}}
+    first = source_listing(dataset)
+    assert first == source_listing(dataset) and len(first) == 64
+    (tmp_path / "img" / "b.tif").write_bytes(b"b")
+    added = source_listing(dataset)
+    assert added != first
+    (tmp_path / "img" / "b.tif").unlink()
+    assert source_listing(dataset) == first
+    (tmp_path / "img" / "a.tif").write_bytes(b"longer")
+    assert source_listing(dataset) != first
+    assert source_listing({"kind": "demo"}) == ""
+    assert source_listing({"source": {"url": "https://x/a.zip"}}) == ""

@@ -87,6 +87,30 @@ def fetch(source: dict, out_dir: Path, *, progress: bool = True) -> Path:
     return root
 
 
+def source_listing(dataset: dict) -> str:
+    """For a `path:` source, a sha256 of its file listing (relative path, size, mtime):
+    the manifest rule's parameter, so that added, removed or rewritten files rerun the
+    manifest and everything after it. Empty for other sources (their sha256 decides)."""
+    source = dataset.get("source") or {}
+    if not isinstance(source, dict) or not isinstance(source.get("path"), str):
+        return ""
+    base = Path(source["path"]).expanduser()
+    root = base / source["subdir"] if isinstance(source.get("subdir"), str) else base
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath, name)
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            digest.update(
+                f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+            )
+    return digest.hexdigest()
+
+
 def _validate_source(source: dict) -> str:
     """Check the keys and values of a source dict; return its kind (path, archive or url)."""
     allowed = ", ".join(repr(key) for key in SOURCE_KINDS)

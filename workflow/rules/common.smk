@@ -25,6 +25,7 @@ from fewcells.config import (
     validate_config,
 )
 from fewcells.errors import FewcellsError
+from fewcells.fetch import source_listing
 from fewcells import runlock
 
 try:
