@@ -418,3 +418,27 @@ def test_source_listing_changes_when_files_are_added_removed_or_rewritten(tmp_pa
     assert source_listing(dataset) != first
     assert source_listing({"kind": "demo"}) == ""
     assert source_listing({"source": {"url": "https://x/a.zip"}}) == ""
+
+
+def test_a_tar_with_a_damaged_header_midway_extracts_nothing(tmp_path):
+    import gzip
+
+    members = {f"img/Im{i:03d}_1.tif": bytes([i]) * 700 for i in range(10)}
+    plain = write_tar(tmp_path / "plain.tar", members, "w")
+    data = bytearray(plain.read_bytes())
+    data[6 * 1536 + 100] ^= 0xFF  # the 7th member's header (512-byte header + 2 data blocks)
+    archive = tmp_path / "data.tar.gz"
+    archive.write_bytes(gzip.compress(bytes(data)))
+    with pytest.raises(FewcellsError, match=r"data.tar.gz is corrupt: .* first 6 member"):
+        fetch({"archive": str(archive)}, tmp_path / "out", progress=False)
+    assert_nothing_left(tmp_path / "out")
+
+
+def test_a_gzip_crc_mismatch_extracts_nothing(tmp_path):
+    archive = write_tar(tmp_path / "data.tar.gz", IMAGES)
+    data = bytearray(archive.read_bytes())
+    data[-8] ^= 0xFF  # the CRC32 in the gzip trailer
+    archive.write_bytes(bytes(data))
+    with pytest.raises(FewcellsError, match="data.tar.gz"):
+        fetch({"archive": str(archive)}, tmp_path / "out", progress=False)
+    assert_nothing_left(tmp_path / "out")

@@ -188,8 +188,14 @@ def _extract(archive: Path, archive_sha: str, files_dir: Path, subdir: str | Non
             if zipfile.is_zipfile(archive):
                 with zipfile.ZipFile(archive) as bundle:
                     _refuse_unsafe(archive, bundle.namelist())
+                    bad = bundle.testzip()  # reads every member, checking its CRC
+                    if bad is not None:
+                        raise FewcellsError(
+                            f"archive {archive} is corrupt: member {bad!r} fails its check (Bad CRC-32)"
+                        )
                     bundle.extractall(tmp)
             else:
+                _verify_tar(archive)
                 with tarfile.open(archive, "r:*") as bundle:
                     _refuse_unsafe(archive, bundle.getnames())
                     bundle.extractall(tmp, filter="data")
@@ -197,8 +203,32 @@ def _extract(archive: Path, archive_sha: str, files_dir: Path, subdir: str | Non
             raise FewcellsError(f"archive {archive} is not a readable zip or tar file") from None
         except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
             raise FewcellsError(f"cannot extract archive {archive}: {exc}") from None
-        _image_root(tmp, subdir, str(archive))
+        if subdir is not None and not (tmp / subdir).is_dir():
+            raise FewcellsError(
+                f"data source key 'subdir' {subdir!r}: no folder {subdir} in {archive}"
+            )
         (tmp / EXTRACTED_MARKER).write_text(archive_sha + "\n")
+
+
+def _verify_tar(archive: Path) -> None:
+    """Read a tar archive to its very end before anything is used: every member's data, then
+    the rest of the (decompressed) stream, which must be the tar end blocks only (tarfile
+    stops silently at a damaged header), so that gzip, bzip2 and xz check their CRCs."""
+    with tarfile.open(archive, "r:*") as bundle:
+        members = 0
+        for member in bundle:
+            members += 1
+            if member.isfile():
+                stream = bundle.extractfile(member)
+                while stream.read(CHUNK_BYTES):
+                    pass
+        rest = bundle.fileobj
+        while chunk := rest.read(CHUNK_BYTES):
+            if chunk.count(0) != len(chunk):
+                raise FewcellsError(
+                    f"archive {archive} is corrupt: unreadable data after its first "
+                    f"{members} member(s)"
+                )
 
 
 def _refuse_unsafe(archive: Path, names: list[str]) -> None:
