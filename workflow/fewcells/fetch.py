@@ -191,7 +191,8 @@ def _extract(archive: Path, archive_sha: str, files_dir: Path, subdir: str | Non
                     bad = bundle.testzip()  # reads every member, checking its CRC
                     if bad is not None:
                         raise FewcellsError(
-                            f"archive {archive} is corrupt: member {bad!r} fails its check (Bad CRC-32)"
+                            f"archive {archive} is corrupt: member {bad!r} fails its "
+                            "check (Bad CRC-32)"
                         )
                     bundle.extractall(tmp)
             else:
