@@ -31,6 +31,16 @@ def _int_list(text: str) -> list[int]:
         ) from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def cmd_demo(args) -> None:
     from fewcells.demo import generate_demo
 
@@ -44,6 +54,10 @@ def cmd_fetch(args) -> None:
     from fewcells.fetch import fetch
 
     dataset = args.dataset
+    if not isinstance(dataset, dict) or "kind" not in dataset:
+        raise FewcellsError("--dataset: needs a JSON object with the key 'kind' (a datasets entry)")
+    if dataset["kind"] != "demo" and "source" not in dataset:
+        raise FewcellsError(f"--dataset: kind {dataset['kind']!r} needs the key 'source'")
     if dataset["kind"] == "demo":
         files = args.out / "files"
         generate_demo(files, **dataset["demo"])
@@ -423,8 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_folds)
 
     p = sub.add_parser("store", help="uint8 tensor store of the kept images")
-    p.add_argument("kept", type=Path)
-    p.add_argument("--image-size", type=int, required=True)
+    p.add_argument("kept", type=Path, help="the kept.csv of dedup (image_id, path, label)")
+    p.add_argument(
+        "--image-size", type=_positive_int, required=True, help="side of the stored images (px)"
+    )
     p.add_argument("--fit", default="pad", choices=["pad", "resize"])
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_store)
@@ -604,6 +620,13 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except FewcellsError as error:
         print(f"fewcells {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a missing, unreadable or unwritable file or folder, a full disk
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"fewcells {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        print(f"fewcells {args.command}: error: cannot read a CSV input: {error}", file=sys.stderr)
         return 2
     return 0
 
