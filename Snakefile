@@ -9,7 +9,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The demo config is the default only: a --configfile replaces it (instead of being merged
+# over it), so that a user's config without `run:` runs the user's experiments.
+if not workflow.config_settings.configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

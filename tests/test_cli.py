@@ -110,3 +110,25 @@ def test_console_script_installed(command):
         [sys.executable, "-m", "fewcells.cli", *command], capture_output=True, text=True, check=True
     )
     assert "usage" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["fetch", "--dataset", "{}", "--out", "OUT"],
+        ["folds", "MISSING.csv", "--spec", '{"k": 2, "n_val": 2, "seed": 0}', "--out", "OUT"],
+        ["dedup", "MISSING.csv", "--out", "OUT"],
+    ],
+)
+def test_ordinary_mistakes_give_one_line_and_status_2(tmp_path, capsys, argv):
+    argv = [arg.replace("OUT", str(tmp_path / "out")) for arg in argv]
+    argv = [arg.replace("MISSING", str(tmp_path / "missing")) for arg in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"fewcells {argv[0]}: error: ")
+
+
+def test_store_image_size_must_be_positive(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["store", "kept.csv", "--image-size", "0", "--out", str(tmp_path)])
+    assert exit_.value.code == 2 and "--image-size: must be at least 1" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from snakemake.utils import update_config
 
-from fewcells.config import fold_ids, train_protocol, validate_config
+from fewcells.config import check_config_file, fold_ids, train_protocol, validate_config
 from fewcells.errors import FewcellsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,6 +80,34 @@ def test_defaults_are_the_paper_protocol():
             "experiments.demo_binary.dataset",
         ),
         (lambda c: c.update(run=["missing"]), "run"),
+        (lambda c: c.update(results=""), "results"),
+        (lambda c: c.update(results="/"), "results"),
+        (
+            lambda c: c["experiments"]["demo_binary"]["classes"].append(
+                {"name": "blast", "labels": ["lymphocyte"]}
+            ),
+            "experiments.demo_binary.classes",
+        ),
+        (
+            lambda c: c["experiments"]["demo_binary"]["classes"][0].update(labels=["blast"]),
+            "experiments.demo_binary.classes",
+        ),
+        (
+            lambda c: c["experiments"]["demo_binary"]["folds"].update(n_val=1),
+            "experiments.demo_binary.folds.n_val",
+        ),
+        (
+            lambda c: c["experiments"]["demo_binary"]["folds"].update(n_val=190),
+            "experiments.demo_binary.folds.n_val",
+        ),
+        (
+            lambda c: c["experiments"]["demo_binary"]["folds"].update(k=41),
+            "experiments.demo_binary.folds.k",
+        ),
+        (
+            lambda c: c["experiments"]["demo_binary"].update(plots={"roc_sizes": [10, 20]}),
+            "experiments.demo_binary.plots.roc_sizes",
+        ),
         (lambda c: c["datasets"].update(real={"kind": "pbc"}), "datasets.real"),
         (
             lambda c: c["datasets"].update(
@@ -148,3 +176,12 @@ def test_merged_groups_of_a_binary_experiment_are_refused():
     config["experiments"]["demo_binary"]["evaluate"] = {"merged": {"g": ["blast"]}}
     with pytest.raises(FewcellsError, match=r"demo_binary\.evaluate\.merged: .*multiclass"):
         validate_config(config)
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("run: [a]\nresults: out\nresults: elsewhere\n")
+    with pytest.raises(FewcellsError, match=rf"{path}, line 3: key 'results' is given twice"):
+        check_config_file(path)
+    for shipped in sorted((REPO / "config").glob("**/*.yaml")):
+        check_config_file(shipped)

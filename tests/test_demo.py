@@ -100,7 +100,8 @@ def test_same_seed_same_bytes_other_seed_other_images(tmp_path):
     generate_demo(tmp_path / "b", seed=7, **kwargs)
     generate_demo(tmp_path / "c", seed=8, **kwargs)
     first, again, other = (file_hashes(tmp_path / name) for name in "abc")
-    assert len(first) == 2 * 13 + 2  # 13 images, their masks, labels.csv, planted_duplicates.csv
+    # 13 images, their masks, labels.csv, planted_duplicates.csv, the output marker
+    assert len(first) == 2 * 13 + 3 and ".fewcells-output" in first
     assert first == again
     images = {h for p, h in first.items() if p.endswith(".tif")}
     other_images = {h for p, h in other.items() if p.endswith(".tif")}
@@ -203,6 +204,7 @@ def test_counts_per_class_from_a_dict(tmp_path):
     )
     assert labels.label.value_counts().to_dict() == {"lymphocyte": 3, "blast": 2}
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [
+        ".fewcells-output",
         "blast",
         "labels.csv",
         "lymphocyte",

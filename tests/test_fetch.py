@@ -399,3 +399,46 @@ def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
     data = bytes(range(256)) * 5000  # over 1 MiB: more than one chunk
     (tmp_path / "blob").write_bytes(data)
     assert sha256_file(tmp_path / "blob") == hashlib.sha256(data).hexdigest()
+
+
+def test_source_listing_changes_when_files_are_added_removed_or_rewritten(tmp_path):
+    from fewcells.fetch import source_listing
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "a.tif").write_bytes(b"a")
+    dataset = {"source": {"path": str(tmp_path), "subdir": "img"}}
+    first = source_listing(dataset)
+    assert first == source_listing(dataset) and len(first) == 64
+    (tmp_path / "img" / "b.tif").write_bytes(b"b")
+    added = source_listing(dataset)
+    assert added != first
+    (tmp_path / "img" / "b.tif").unlink()
+    assert source_listing(dataset) == first
+    (tmp_path / "img" / "a.tif").write_bytes(b"longer")
+    assert source_listing(dataset) != first
+    assert source_listing({"kind": "demo"}) == ""
+    assert source_listing({"source": {"url": "https://x/a.zip"}}) == ""
+
+
+def test_a_tar_with_a_damaged_header_midway_extracts_nothing(tmp_path):
+    import gzip
+
+    members = {f"img/Im{i:03d}_1.tif": bytes([i]) * 700 for i in range(10)}
+    plain = write_tar(tmp_path / "plain.tar", members, "w")
+    data = bytearray(plain.read_bytes())
+    data[6 * 1536 + 100] ^= 0xFF  # the 7th member's header (512-byte header + 2 data blocks)
+    archive = tmp_path / "data.tar.gz"
+    archive.write_bytes(gzip.compress(bytes(data)))
+    with pytest.raises(FewcellsError, match=r"data.tar.gz is corrupt: .* first 6 member"):
+        fetch({"archive": str(archive)}, tmp_path / "out", progress=False)
+    assert_nothing_left(tmp_path / "out")
+
+
+def test_a_gzip_crc_mismatch_extracts_nothing(tmp_path):
+    archive = write_tar(tmp_path / "data.tar.gz", IMAGES)
+    data = bytearray(archive.read_bytes())
+    data[-8] ^= 0xFF  # the CRC32 in the gzip trailer
+    archive.write_bytes(bytes(data))
+    with pytest.raises(FewcellsError, match="data.tar.gz"):
+        fetch({"archive": str(archive)}, tmp_path / "out", progress=False)
+    assert_nothing_left(tmp_path / "out")

@@ -154,7 +154,7 @@ def test_stacked_engine_writes_the_per_fold_outputs(both_engines):
     root, _, stacked = both_engines
     for fold in range(3):
         assert sorted(p.name for p in (root / f"stacked/n8/fold{fold}").iterdir()) == sorted(
-            OUTPUTS
+            (*OUTPUTS, ".fewcells-output")
         )
         info = json.loads((root / f"stacked/n8/fold{fold}/train_info.json").read_text())
         assert info["engine"] == "stacked" and info["fold"] == fold and info["size"] == 8

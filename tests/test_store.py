@@ -45,3 +45,14 @@ def test_failed_store_leaves_nothing(tmp_path):
     with pytest.raises(FewcellsError):
         build_store(bad, tmp_path / "store", 20)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_too_little_free_space_is_refused_before_writing(tmp_path, monkeypatch):
+    import shutil
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    kept = pd.DataFrame([{"image_id": "a", "path": str(tmp_path / "a.png"), "label": "x"}])
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1, 1, 10))
+    with pytest.raises(FewcellsError, match=r"store .*: needs 1 MiB, only 0 MiB free"):
+        build_store(kept, tmp_path / "store", 20)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]

@@ -108,6 +108,7 @@ def quick_run(dataset, out_dir, **cfg):
 def test_job_writes_every_output(learnt):
     info, out_dir = learnt
     assert sorted(p.name for p in out_dir.iterdir()) == [
+        ".fewcells-output",
         "embeddings.npz",
         "history.csv",
         "model.ckpt",

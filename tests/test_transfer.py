@@ -151,6 +151,7 @@ def test_without_freeze_batchnorm_the_statistics_move(small_data, tmp_path):
 def test_pretraining_writes_a_checkpoint_and_a_stratified_split(pretrained, dataset):
     info, out = pretrained
     assert sorted(p.name for p in out.iterdir()) == [
+        ".fewcells-output",
         "classes.json",
         "history.csv",
         "model.ckpt",

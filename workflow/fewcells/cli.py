@@ -31,6 +31,16 @@ def _int_list(text: str) -> list[int]:
         ) from None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def cmd_demo(args) -> None:
     from fewcells.demo import generate_demo
 
@@ -44,6 +54,10 @@ def cmd_fetch(args) -> None:
     from fewcells.fetch import fetch
 
     dataset = args.dataset
+    if not isinstance(dataset, dict) or "kind" not in dataset:
+        raise FewcellsError("--dataset: needs a JSON object with the key 'kind' (a datasets entry)")
+    if dataset["kind"] != "demo" and "source" not in dataset:
+        raise FewcellsError(f"--dataset: kind {dataset['kind']!r} needs the key 'source'")
     if dataset["kind"] == "demo":
         files = args.out / "files"
         generate_demo(files, **dataset["demo"])
@@ -314,6 +328,20 @@ def cmd_tsne(args) -> None:
     print(f"tsne: fold {args.fold}\n{table.to_string(index=False)}", file=sys.stderr)
 
 
+def cmd_unlock(args) -> None:
+    from fewcells.runlock import describe, owner_state, remove_stale_temporaries_under, unlock
+
+    owner = unlock(args.results)
+    if owner is None:
+        print(f"unlock: {args.results} was not locked", file=sys.stderr)
+        return
+    print(f"unlock: removed the run lock of {describe(owner)}", file=sys.stderr)
+    if owner_state(owner) == "alive":
+        return  # its half-written outputs may still be in progress
+    for path in remove_stale_temporaries_under(args.results):
+        print(f"unlock: removed {path}, left half-written by a killed run", file=sys.stderr)
+
+
 def cmd_benchmark(args) -> None:
     from fewcells import benchmark
 
@@ -410,8 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_folds)
 
     p = sub.add_parser("store", help="uint8 tensor store of the kept images")
-    p.add_argument("kept", type=Path)
-    p.add_argument("--image-size", type=int, required=True)
+    p.add_argument("kept", type=Path, help="the kept.csv of dedup (image_id, path, label)")
+    p.add_argument(
+        "--image-size", type=_positive_int, required=True, help="side of the stored images (px)"
+    )
     p.add_argument("--fit", default="pad", choices=["pad", "resize"])
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_store)
@@ -549,6 +579,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_tsne)
 
+    p = sub.add_parser(
+        "unlock", help="remove a results folder's run lock (when its run has ended uncleanly)"
+    )
+    p.add_argument("results", type=Path, help="the results folder (config key results)")
+    p.set_defaults(func=cmd_unlock)
+
     p = sub.add_parser("benchmark", help="print speed and memory numbers (see fewcells.benchmark)")
     p.add_argument("what", choices=["training", "workflow", "dedup", "sweep", "stacked-sweep"])
     p.add_argument("--cores", type=int, default=None, help="default: all cores")
@@ -586,6 +622,13 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except FewcellsError as error:
         print(f"fewcells {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a missing, unreadable or unwritable file or folder, a full disk
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"fewcells {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+        print(f"fewcells {args.command}: error: cannot read a CSV input: {error}", file=sys.stderr)
         return 2
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import jsonschema
@@ -21,6 +22,41 @@ RESERVED_RESULT_FOLDERS = ("benchmarks", "comparisons", "datasets", "logs", "pre
 PRETRAIN_TRAIN_KEYS = ("optimizer", "lr", "batch_size", "max_epochs", "patience", "seed", "threads")
 # model keys a pretrained network and the network that starts from it share.
 PRETRAINED_MODEL_KEYS = ("name", "hidden", "keep_blocks")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a mapping key given twice (yaml keeps the last silently)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
+    seen = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *anchor` values may be overridden by the keys beside them
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is given twice", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def check_config_file(path: str | os.PathLike) -> None:
+    """Refuse a config file that YAML would read with a loss: a key given twice."""
+    try:
+        yaml.load(Path(path).read_text(), Loader=_StrictLoader)
+    except yaml.constructor.ConstructorError as error:
+        mark = error.problem_mark
+        raise FewcellsError(
+            f"config file {path}, line {mark.line + 1}: {error.problem}; "
+            "only the last value would count"
+        ) from None
+    except (OSError, yaml.YAMLError):
+        return  # Snakemake has read it and reports problems of its own
 
 
 def load_schema() -> dict:
@@ -92,6 +128,11 @@ def validate_config(config: dict) -> dict:
         _check_subset(
             f"{key}.train.replicate_sizes", experiment["train"]["replicate_sizes"], folds["sizes"]
         )
+        for plot_key in ("roc_sizes", "loss_sizes"):
+            _check_subset(
+                f"{key}.plots.{plot_key}", experiment["plots"].get(plot_key), folds["sizes"]
+            )
+        _check_classes(key, experiment)
         if experiment["train"]["engine"] in STACKED_ENGINES:
             _check_stacked(key, experiment)
         _check_merged(key, experiment)
@@ -306,13 +347,73 @@ def _check_subset(key: str, chosen: list | None, allowed: list) -> None:
         raise FewcellsError(f"config key {key}: {unknown} not among the trained {sorted(allowed)}")
 
 
-def _check_demo_sizes(key: str, experiment: dict, dataset: dict) -> None:
-    """For the demo data the pool size is known up front: check sizes before any job."""
+def _check_classes(key: str, experiment: dict) -> None:
+    """The `classes` section: unique names, labels claimed once, one rest class ('*'), and a
+    validation set that can hold every class."""
+    classes = experiment.get("classes")
+    if classes is None:
+        return
+    names = [entry["name"] for entry in classes]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise FewcellsError(f"config key {key}.classes: class name(s) {duplicated} given twice")
+    claimed: dict[str, str] = {}
+    for entry in classes:
+        for label in entry["labels"]:
+            if label in claimed and claimed[label] != entry["name"]:
+                what = "the rest ('*')" if label == "*" else f"label {label!r}"
+                raise FewcellsError(
+                    f"config key {key}.classes: {what} is claimed by both "
+                    f"{claimed[label]!r} and {entry['name']!r}"
+                )
+            claimed[label] = entry["name"]
+    if len(names) < 2:
+        raise FewcellsError(f"config key {key}.classes: needs at least two classes, got {names}")
+    n_val = experiment["folds"]["n_val"]
+    if n_val < len(names):
+        raise FewcellsError(
+            f"config key {key}.folds.n_val: {n_val} is fewer than the {len(names)} classes; "
+            "the validation set is stratified"
+        )
+
+
+def _demo_class_counts(experiment: dict, dataset: dict) -> dict[str, int]:
+    """Images per class of a demo data set (after deduplication), by experiment class."""
     from fewcells.demo import DEMO_CLASSES
 
+    n_per_class = dataset["demo"]["n_per_class"]
+    per_label = {label: n_per_class for label in DEMO_CLASSES}
+    classes = experiment.get("classes")
+    if classes is None:
+        return per_label
+    counts: dict[str, int] = {}
+    rest = next((c["name"] for c in classes if "*" in c["labels"]), None)
+    by_label = {label: c["name"] for c in classes for label in c["labels"] if label != "*"}
+    for label, count in per_label.items():
+        name = by_label.get(label, rest)
+        if name is not None:
+            counts[name] = counts.get(name, 0) + count
+    return counts
+
+
+def _check_demo_sizes(key: str, experiment: dict, dataset: dict) -> None:
+    """For the demo data the pool size is known up front: check k, n_val and sizes before
+    any job."""
     folds = experiment["folds"]
-    total = dataset["demo"]["n_per_class"] * len(DEMO_CLASSES)
+    counts = _demo_class_counts(experiment, dataset)
+    total = sum(counts.values())
+    smallest = min(counts, key=counts.get)
+    if folds["test_size"] is None and folds["k"] > counts[smallest]:
+        raise FewcellsError(
+            f"config key {key}.folds.k: {folds['k']} folds need at least {folds['k']} images "
+            f"of every class; class {smallest!r} has {counts[smallest]} demo images"
+        )
     test = folds["test_size"] or -(-total // folds["k"])
+    if folds["n_val"] >= total - test:
+        raise FewcellsError(
+            f"config key {key}.folds.n_val: {folds['n_val']} leaves no training pool "
+            f"({total} demo images, about {test} of them in the test set)"
+        )
     pool = total - test - folds["n_val"]
     too_big = [size for size in folds["sizes"] if size > pool]
     if too_big:

@@ -181,7 +181,7 @@ def generate_demo(
     plan = _plan(counts, seed=seed, image_size=image_size, n_duplicates=n_duplicates)
     scale = image_size / _REFERENCE_SIZE
     canvas_size = image_size + _MARGIN
-    with atomic_path(out_dir, directory=True) as tmp:
+    with atomic_path(out_dir, directory=True, also_marked_by=("planted_duplicates.csv",)) as tmp:
         for label in counts:
             (tmp / label).mkdir()
             (tmp / "masks" / label).mkdir(parents=True)

@@ -9,7 +9,6 @@ import hashlib
 import http.client
 import os
 import re
-import shutil
 import sys
 import tarfile
 import time
@@ -88,6 +87,30 @@ def fetch(source: dict, out_dir: Path, *, progress: bool = True) -> Path:
     return root
 
 
+def source_listing(dataset: dict) -> str:
+    """For a `path:` source, a sha256 of its file listing (relative path, size, mtime):
+    the manifest rule's parameter, so that added, removed or rewritten files rerun the
+    manifest and everything after it. Empty for other sources (their sha256 decides)."""
+    source = dataset.get("source") or {}
+    if not isinstance(source, dict) or not isinstance(source.get("path"), str):
+        return ""
+    base = Path(source["path"]).expanduser()
+    root = base / source["subdir"] if isinstance(source.get("subdir"), str) else base
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath, name)
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            digest.update(
+                f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+            )
+    return digest.hexdigest()
+
+
 def _validate_source(source: dict) -> str:
     """Check the keys and values of a source dict; return its kind (path, archive or url)."""
     allowed = ", ".join(repr(key) for key in SOURCE_KINDS)
@@ -160,15 +183,20 @@ def _unsafe_member_name(name: str) -> bool:
 
 def _extract(archive: Path, archive_sha: str, files_dir: Path, subdir: str | None) -> None:
     """Extract a zip or tar archive into `files_dir` atomically, replacing what was there."""
-    if files_dir.exists():
-        shutil.rmtree(files_dir)
-    with atomic_path(files_dir, directory=True) as tmp:
+    with atomic_path(files_dir, directory=True, also_marked_by=(EXTRACTED_MARKER,)) as tmp:
         try:
             if zipfile.is_zipfile(archive):
                 with zipfile.ZipFile(archive) as bundle:
                     _refuse_unsafe(archive, bundle.namelist())
+                    bad = bundle.testzip()  # reads every member, checking its CRC
+                    if bad is not None:
+                        raise FewcellsError(
+                            f"archive {archive} is corrupt: member {bad!r} fails its "
+                            "check (Bad CRC-32)"
+                        )
                     bundle.extractall(tmp)
             else:
+                _verify_tar(archive)
                 with tarfile.open(archive, "r:*") as bundle:
                     _refuse_unsafe(archive, bundle.getnames())
                     bundle.extractall(tmp, filter="data")
@@ -176,8 +204,32 @@ def _extract(archive: Path, archive_sha: str, files_dir: Path, subdir: str | Non
             raise FewcellsError(f"archive {archive} is not a readable zip or tar file") from None
         except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError) as exc:
             raise FewcellsError(f"cannot extract archive {archive}: {exc}") from None
-        _image_root(tmp, subdir, str(archive))
+        if subdir is not None and not (tmp / subdir).is_dir():
+            raise FewcellsError(
+                f"data source key 'subdir' {subdir!r}: no folder {subdir} in {archive}"
+            )
         (tmp / EXTRACTED_MARKER).write_text(archive_sha + "\n")
+
+
+def _verify_tar(archive: Path) -> None:
+    """Read a tar archive to its very end before anything is used: every member's data, then
+    the rest of the (decompressed) stream, which must be the tar end blocks only (tarfile
+    stops silently at a damaged header), so that gzip, bzip2 and xz check their CRCs."""
+    with tarfile.open(archive, "r:*") as bundle:
+        members = 0
+        for member in bundle:
+            members += 1
+            if member.isfile():
+                stream = bundle.extractfile(member)
+                while stream.read(CHUNK_BYTES):
+                    pass
+        rest = bundle.fileobj
+        while chunk := rest.read(CHUNK_BYTES):
+            if chunk.count(0) != len(chunk):
+                raise FewcellsError(
+                    f"archive {archive} is corrupt: unreadable data after its first "
+                    f"{members} member(s)"
+                )
 
 
 def _refuse_unsafe(archive: Path, names: list[str]) -> None:

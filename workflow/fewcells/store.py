@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -40,7 +41,22 @@ def build_store(kept: pd.DataFrame, out_dir: Path, image_size: int, fit: str = "
 
     Images are decoded one at a time into a memory-mapped file, so memory stays flat.
     """
+    if image_size < 1:
+        raise FewcellsError(
+            f"store image size must be a positive number of pixels, not {image_size}"
+        )
     kept = kept.sort_values("image_id").reset_index(drop=True)
+    if kept.empty:
+        raise FewcellsError(f"store {out_dir}: no images to store")
+    needed = len(kept) * image_size * image_size * 3 + (1 << 20)
+    parent = Path(out_dir).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(parent).free
+    if free < needed:
+        raise FewcellsError(
+            f"store {out_dir}: needs {needed / 2**20:.0f} MiB, only {free / 2**20:.0f} MiB "
+            f"free in {parent}"
+        )
     with atomic_path(out_dir, directory=True) as tmp:
         images = np.lib.format.open_memmap(
             tmp / "images.npy",

@@ -1,9 +1,13 @@
+import atexit
 import json
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 from fewcells.config import (
+    check_config_file,
     common_sizes_and_folds,
     compare_metric,
     experiment_task,
@@ -21,8 +25,12 @@ from fewcells.config import (
     validate_config,
 )
 from fewcells.errors import FewcellsError
+from fewcells.fetch import source_listing
+from fewcells import runlock
 
 try:
+    for path in workflow.configfiles:
+        check_config_file(path)
     CONFIG = validate_config(config)
 except FewcellsError as error:
     raise WorkflowError(f"invalid configuration: {error}") from None
@@ -32,6 +40,80 @@ DATASETS = f"{RESULTS}/datasets"
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 PRETRAINED = f"{RESULTS}/pretrained"
+# Snakemake options that parse the workflow without running jobs: they take no run lock.
+NO_RUN_OPTIONS = {
+    "--lint",
+    "--list-rules",
+    "--list",
+    "-l",
+    "--list-target-rules",
+    "--lt",
+    "--summary",
+    "-S",
+    "--detailed-summary",
+    "-D",
+    "--dag",
+    "--rulegraph",
+    "--filegraph",
+    "--d3dag",
+    "--report",
+    "--cleanup-metadata",
+    "--cm",
+    "--list-changes",
+    "--lc",
+    "--list-input-changes",
+    "--li",
+    "--list-params-changes",
+    "--lp",
+    "--list-code-changes",
+    "--list-untracked",
+    "--lu",
+    "--print-compilation",
+    "--containerize",
+    "--archive",
+    "--export-cwl",
+    "--generate-unit-tests",
+    "--delete-all-output",
+    "--delete-temp-output",
+    "--conda-create-envs-only",
+    "--touch",
+    "-t",
+    "--unlock",
+    "--version",
+    "-v",
+    "--help",
+    "-h",
+}
+
+
+def lock_results():
+    """A real run (main process, not -n and none of NO_RUN_OPTIONS) takes RESULTS' run lock
+    until it exits and removes what killed runs left half-written; `--unlock` clears a lock
+    whose run is gone. See fewcells.runlock."""
+    if not workflow.is_main_process:
+        return  # a job on a cluster node: the submitting run holds the lock
+    options = {arg.split("=", 1)[0] for arg in sys.argv[1:]}
+    try:
+        if "--unlock" in options:
+            try:
+                owner = runlock.unlock(RESULTS, force=False)
+            except FewcellsError as error:
+                logger.warning(str(error))
+                return
+            if owner:
+                logger.info(f"removed the run lock of {runlock.describe(owner)}")
+            return
+        if workflow.output_settings.dryrun or options & NO_RUN_OPTIONS:
+            return
+        runlock.acquire(RESULTS, warn=logger.warning)
+        atexit.register(runlock.release, RESULTS)
+        for path in runlock.remove_stale_temporaries_under(RESULTS):
+            logger.warning(f"removed {path}, left half-written by a killed run")
+    except FewcellsError as error:
+        raise WorkflowError(str(error)) from None
+
+
+lock_results()
 PACKAGE = Path(workflow.basedir) / "workflow" / "fewcells"
 TRAINING_CODE = [
     str(PACKAGE / name)
