@@ -257,6 +257,7 @@ def test_the_config_schema_knows_the_model_keys():
         "weights": None,
         "freeze": 0,
         "keep_blocks": None,
+        "init": None,
         "pretrained": None,
     }
     config = copy.deepcopy(demo)

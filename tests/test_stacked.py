@@ -62,7 +62,7 @@ def sweep(dataset, tmp_path_factory):
     PyTorch's layers: the compiled CPU kernels round differently, and RMSprop's first steps
     amplify rounding in networks that are still at chance."""
     root = tmp_path_factory.mktemp("sweep")
-    cfg = {**PARITY_CFG, "max_epochs": 6, "fused_cpu_kernel": False}
+    cfg = {**PARITY_CFG, "max_epochs": 6, "patience": 1, "fused_cpu_kernel": False}
     per_fold = {
         (fold, size): run_training(
             *dataset,

@@ -270,6 +270,7 @@ def test_transfer_config_keys_and_what_the_jobs_read():
         "weights": None,
         "freeze": 0,
         "keep_blocks": None,
+        "init": None,
     }
     source = config["experiments"]["tiny_source"]
     protocol = pretrain_protocol(source)
