@@ -120,3 +120,26 @@ def test_all_idb2_keeps_250(real_data):
         assert confirmed[(confirmed.image_b == image) & confirmed.image_a.isin(kept.image_id)].size
     # the byte-identical pair and the shifted crops are among them
     assert {"Im257_0", "Im256_0", "Im258_0", "Im259_0", "Im260_0"} <= removed
+
+
+def test_duplicates_with_different_labels_are_reported(images, caplog):
+    images = images.copy()
+    images.loc[images["image_id"] == "shifted", "label"] = "y"
+    with caplog.at_level("WARNING"):
+        pairs, _ = find_duplicates(images, DedupSettings())
+    with_shifted = pairs["confirmed"] & (pairs["image_b"] == "shifted")
+    assert pairs["label_conflict"].tolist() == with_shifted.tolist()
+    conflicts = pairs[pairs["label_conflict"]]
+    assert ["orig", "shifted", "x", "y"] in conflicts[
+        ["image_a", "image_b", "label_a", "label_b"]
+    ].values.tolist()
+    message = next(r.getMessage() for r in caplog.records if "different labels" in r.getMessage())
+    assert "orig.png (x)" in message and "shifted.png (y)" in message
+
+
+def test_settings_name_wrong_types():
+    with pytest.raises(FewcellsError, match="dedup.max_distance must be a whole number"):
+        DedupSettings.from_config({"max_distance": "16"})
+    with pytest.raises(FewcellsError, match="dedup config: needs a mapping"):
+        DedupSettings.from_config([1, 2])
+    assert DedupSettings.from_config({"min_overlap": 1}).min_overlap == 1

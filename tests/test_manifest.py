@@ -346,3 +346,37 @@ def test_load_rgb_bad_file(tmp_path: Path) -> None:
     (tmp_path / "x.jpg").write_bytes(DS_STORE_BYTES)
     with pytest.raises(FewcellsError, match="x.jpg"):
         load_rgb(tmp_path / "x.jpg")
+
+
+def test_every_bad_image_is_reported_in_one_error(pbc: Path) -> None:
+    for name in BAD_FILE_REASONS:
+        write_bad_file(pbc / "monocyte", name)
+    write_bad_file(pbc / "ig", "empty.jpg")
+    with pytest.raises(FewcellsError) as error:
+        build_manifest(pbc, "pbc")
+    message = str(error.value)
+    assert message.startswith(f"4 bad file(s) under {pbc}")
+    for folder, name in [("monocyte", n) for n in BAD_FILE_REASONS] + [("ig", "empty.jpg")]:
+        line = next(line for line in message.splitlines() if f"{folder}/{name}" in line)
+        assert BAD_FILE_REASONS[name] in line
+    assert "dataset.on_bad_image: skip" in message
+
+
+def test_macos_resource_fork_files_are_skipped(all_idb2: Path, pbc: Path) -> None:
+    # AppleDouble files: the image's name behind "._", holding Finder metadata, not pixels
+    (all_idb2 / "._Im002_1.tif").write_bytes(b"\x00\x05\x16\x07" + bytes(100))
+    (pbc / "ig" / "._MMY_1.jpg").write_bytes(b"\x00\x05\x16\x07" + bytes(100))
+    assert len(build_manifest(all_idb2, "all_idb2")) == 3
+    assert "ig/._MMY_1" not in set(build_manifest(pbc, "pbc")["image_id"])
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.01])
+def test_truncated_tiff_is_called_truncated(tmp_path: Path, keep: float) -> None:
+    path = write_image(tmp_path / "ig" / "MMY_1.tif", size=(64, 64))
+    data = path.read_bytes()  # PIL writes a TIFF's directory last, so a cut one is unidentified
+    path.write_bytes(data[: int(len(data) * keep)])
+    write_image(tmp_path / "ig" / "MMY_2.tif")
+    write_image(tmp_path / "neutrophil" / "SNE_3.png")
+    with pytest.raises(FewcellsError, match=r"MMY_1.tif: [^\n]*truncated") as error:
+        build_manifest(tmp_path, "pbc")
+    assert "not an image" not in str(error.value)

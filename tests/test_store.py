@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -56,3 +58,21 @@ def test_too_little_free_space_is_refused_before_writing(tmp_path, monkeypatch):
     with pytest.raises(FewcellsError, match=r"store .*: needs 1 MiB, only 0 MiB free"):
         build_store(kept, tmp_path / "store", 20)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+@pytest.mark.parametrize("fit", ["pad", "resize"])
+def test_far_smaller_images_are_named_and_counted(tmp_path, caplog, fit):
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, side in [("big", 60), ("half", 30), ("small", 29), ("tiny", 10)]:
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(rng.integers(0, 255, (side, 64, 3), dtype=np.uint8)).save(path)
+        rows.append({"image_id": name, "path": str(path), "label": "x"})
+    with caplog.at_level("WARNING"):
+        build_store(pd.DataFrame(rows), tmp_path / "store", 60, fit)
+    messages = [record.getMessage() for record in caplog.records]
+    for name in ("small", "tiny"):  # a side below half of 60 px
+        assert any(f"{name}.png" in m and "far smaller than image.size 60" in m for m in messages)
+    assert not any("big.png" in m or "half.png" in m for m in messages)
+    info = json.loads((tmp_path / "store" / "store_info.json").read_text())
+    assert info["small_images"] == 2 and info["small_image_ids"] == ["small", "tiny"]

@@ -13,6 +13,16 @@ import pandas as pd
 
 from fewcells.config import STACKED_ENGINES
 from fewcells.errors import FewcellsError
+from fewcells.manifest import KINDS
+
+FOLDS_SPEC_KEYS = ("k", "n_val", "seed")  # required; test_size, classes, sizes optional
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, like the errors of the commands."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _json(text: str) -> object:
@@ -20,6 +30,36 @@ def _json(text: str) -> object:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise argparse.ArgumentTypeError(f"not valid JSON: {error}") from error
+
+
+def _json_object(text: str) -> dict:
+    value = _json(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"needs a JSON object {{...}}, not {type(value).__name__}: {text!r}"
+        )
+    return value
+
+
+def _read_table(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame:
+    """Read a CSV input, naming it and the missing columns if it lacks any."""
+    table = pd.read_csv(path, dtype={"image_id": str, "label": str})
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise FewcellsError(f"{path}: not {what}, missing column(s) {missing}")
+    return table
+
+
+def _read_json_object(path: Path, keys: tuple[str, ...], what: str) -> dict:
+    """Read a JSON file holding an object with `keys`, naming the file if it does not."""
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise FewcellsError(f"{path}: not valid JSON ({error})") from error
+    missing = [k for k in keys if not isinstance(value, dict) or k not in value]
+    if missing:
+        raise FewcellsError(f"{path}: not {what}, missing key(s) {missing}")
+    return value
 
 
 def _int_list(text: str) -> list[int]:
@@ -73,7 +113,8 @@ def cmd_fetch(args) -> None:
 def cmd_manifest(args) -> None:
     from fewcells.manifest import build_manifest, write_manifest
 
-    root = Path(json.loads(args.source_json.read_text())["root"])
+    source = _read_json_object(args.source_json, ("root",), "a fetch source.json")
+    root = Path(source["root"])
     kind = "csv" if args.kind == "demo" else args.kind
     manifest = build_manifest(
         root,
@@ -81,6 +122,7 @@ def cmd_manifest(args) -> None:
         on_bad_image=args.on_bad_image,
         labels_csv=args.labels_csv,
         annotations=args.annotations,
+        skip_advice="set dataset.on_bad_image: skip (--on-bad-image skip) to leave them out",
     )
     write_manifest(manifest, args.out)
     counts = manifest["label"].value_counts().sort_index()
@@ -96,8 +138,15 @@ def cmd_dedup(args) -> None:
     from fewcells.manifest import build_manifest, read_manifest
 
     settings = DedupSettings.from_config(args.settings)
+    if args.out.exists() and not args.out.is_dir():
+        raise FewcellsError(f"--out {args.out}: is a file; give a folder for the dedup outputs")
     if args.input.is_dir():
-        manifest = build_manifest(args.input, args.kind)
+        manifest = build_manifest(
+            args.input,
+            args.kind,
+            on_bad_image=args.on_bad_image,
+            skip_advice="give --on-bad-image skip to leave them out",
+        )
     else:
         manifest = read_manifest(args.input)
     pairs, kept = find_duplicates(manifest, settings, workers=args.threads)
@@ -111,6 +160,7 @@ def cmd_dedup(args) -> None:
             "removed": len(manifest) - len(kept),
             "candidate_pairs": len(pairs),
             "confirmed_pairs": int(pairs["confirmed"].sum()),
+            "label_conflicts": int(pairs["label_conflict"].sum()),
             "removed_images": removed["image_b"].tolist(),
         },
         args.out / "dedup_summary.json",
@@ -118,7 +168,12 @@ def cmd_dedup(args) -> None:
     print(
         f"dedup: {len(manifest)} images, {len(pairs)} candidate pairs, "
         f"{int(pairs['confirmed'].sum())} confirmed, kept {len(kept)}, "
-        f"removed {len(manifest) - len(kept)}",
+        f"removed {len(manifest) - len(kept)}"
+        + (
+            f"; {int(pairs['label_conflict'].sum())} duplicate pair(s) with different labels"
+            if pairs["label_conflict"].any()
+            else ""
+        ),
         file=sys.stderr,
     )
 
@@ -127,8 +182,19 @@ def cmd_folds(args) -> None:
     from fewcells.atomic import write_csv, write_json
     from fewcells.folds import assign_folds
 
-    kept = pd.read_csv(args.kept, dtype={"image_id": str, "label": str})
     spec = args.spec
+    missing = [key for key in FOLDS_SPEC_KEYS if key not in spec]
+    if missing:
+        raise FewcellsError(
+            f'--spec: missing key(s) {missing}; needs {{"k", "n_val", "seed"}}, '
+            'optionally "test_size", "classes", "sizes"'
+        )
+    for key in (*FOLDS_SPEC_KEYS, "test_size"):
+        if spec.get(key) is not None and (
+            not isinstance(spec[key], int) or isinstance(spec[key], bool)
+        ):
+            raise FewcellsError(f"--spec: {key} must be a whole number, not {spec[key]!r}")
+    kept = _read_table(args.kept, ("image_id", "label"), "a kept.csv of dedup")
     folds, names = assign_folds(
         kept,
         spec.get("classes"),
@@ -152,7 +218,7 @@ def cmd_folds(args) -> None:
 def cmd_store(args) -> None:
     from fewcells.store import build_store
 
-    kept = pd.read_csv(args.kept, dtype={"image_id": str, "label": str})
+    kept = _read_table(args.kept, ("image_id", "path", "label"), "a kept.csv of dedup")
     build_store(kept, args.out, args.image_size, args.fit)
     print(f"store: {len(kept)} images at {args.image_size} px in {args.out}", file=sys.stderr)
 
@@ -384,57 +450,104 @@ def cmd_benchmark(args) -> None:
 
 def _add_many_trainings_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of the commands that train every fold of several training sizes."""
-    p.add_argument("--store", type=Path, required=True)
+    p.add_argument(
+        "--store", type=Path, required=True, help="tensor store folder (images.npy, index.csv)"
+    )
     p.add_argument("--folds", type=Path, required=True, help="folder with folds.csv, classes.json")
     p.add_argument("--fold-ids", type=_int_list, required=True, help="comma-separated folds")
     p.add_argument("--sizes", type=_int_list, required=True, help="comma-separated sizes")
-    p.add_argument("--image-size", type=int, required=True)
-    p.add_argument("--train-config", type=_json, default={})
-    p.add_argument("--model-config", type=_json, default={"name": "paper_cnn"})
+    p.add_argument(
+        "--image-size",
+        type=int,
+        required=True,
+        help="side of the stored images (px), as in the store",
+    )
+    p.add_argument("--train-config", type=_json, default={}, help="the train config section (JSON)")
+    p.add_argument(
+        "--model-config",
+        type=_json,
+        default={"name": "paper_cnn"},
+        help='the model config section (JSON), default {"name": "paper_cnn"}',
+    )
     p.add_argument("--out", type=Path, required=True, help="train folder: OUT/n{size}/fold{k}/")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fewcells", description=__doc__)
+    parser = _Parser(prog="fewcells", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="write the synthetic demo data set")
-    p.add_argument("out", type=Path)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-per-class", type=int, default=40)
+    p.add_argument("out", type=Path, help="folder to write the images and labels.csv to")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--n-per-class", type=int, default=40, help="images per class")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("fetch", help="materialise a data set (folder, archive, URL or demo)")
     p.add_argument("--dataset", type=_json, required=True, help="the dataset config (JSON)")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--out", type=Path, required=True, help="folder for source.json (and the data set's files)"
+    )
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("manifest", help="table of every image: id, path, label, size, sha256")
-    p.add_argument("source_json", type=Path)
-    p.add_argument("--kind", required=True)
-    p.add_argument("--on-bad-image", default="error", choices=["error", "skip"])
-    p.add_argument("--labels-csv", default="labels.csv")
-    p.add_argument("--annotations", default=None)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("source_json", type=Path, help="the source.json written by fetch")
+    p.add_argument(
+        "--kind",
+        required=True,
+        choices=[*KINDS, "demo"],
+        help="layout of the data set (dataset.kind)",
+    )
+    p.add_argument(
+        "--on-bad-image",
+        default="error",
+        choices=["error", "skip"],
+        help="a file that is not a readable image: stop with an error, or skip it with a warning",
+    )
+    p.add_argument(
+        "--labels-csv",
+        default="labels.csv",
+        help="csv kind: label table relative to the data set root",
+    )
+    p.add_argument(
+        "--annotations",
+        default=None,
+        help="aml_tcia kind: annotation file (default ROOT/annotations.dat)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="manifest CSV to write")
     p.set_defaults(func=cmd_manifest)
 
     p = sub.add_parser("dedup", help="perceptual-hash deduplication with pixel confirmation")
     p.add_argument("input", type=Path, help="a manifest CSV or a folder of images")
-    p.add_argument("--kind", default="all_idb2", help="layout when INPUT is a folder")
-    p.add_argument("--settings", type=_json, default={}, help="dedup settings (JSON)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--kind", default="all_idb2", choices=KINDS, help="layout when INPUT is a folder"
+    )
+    p.add_argument(
+        "--on-bad-image",
+        default="error",
+        choices=["error", "skip"],
+        help="when INPUT is a folder, a file that is not a readable image: error or skip it",
+    )
+    p.add_argument(
+        "--settings",
+        type=_json_object,
+        default={},
+        help='dedup settings (JSON object, the dedup config), e.g. {"max_distance": 16}',
+    )
+    p.add_argument("--threads", type=int, default=1, help="processes hashing images")
+    p.add_argument(
+        "--out", type=Path, required=True, help="folder for pairs.csv, kept.csv, dedup_summary.json"
+    )
     p.set_defaults(func=cmd_dedup)
 
     p = sub.add_parser("folds", help="k-fold test/val/pool assignment with nested sizes")
-    p.add_argument("kept", type=Path)
+    p.add_argument("kept", type=Path, help="the kept.csv of dedup (image_id, label)")
     p.add_argument(
         "--spec",
-        type=_json,
+        type=_json_object,
         required=True,
         help='JSON: {"k", "n_val", "seed", "test_size", "classes"}; "sizes" to check them',
     )
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder for folds.csv and classes.json")
     p.set_defaults(func=cmd_folds)
 
     p = sub.add_parser("store", help="uint8 tensor store of the kept images")
@@ -442,26 +555,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--image-size", type=_positive_int, required=True, help="side of the stored images (px)"
     )
-    p.add_argument("--fit", default="pad", choices=["pad", "resize"])
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--fit",
+        default="pad",
+        choices=["pad", "resize"],
+        help="how images are brought to the size: pad (centre, crop or pad) or resize",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="store folder to write (images.npy, index.csv, store_info.json)",
+    )
     p.set_defaults(func=cmd_store)
 
     p = sub.add_parser("train", help="train one network for one (training size, fold)")
-    p.add_argument("--store", type=Path, required=True)
+    p.add_argument(
+        "--store", type=Path, required=True, help="tensor store folder (images.npy, index.csv)"
+    )
     p.add_argument("--folds", type=Path, required=True, help="folder with folds.csv, classes.json")
-    p.add_argument("--fold", type=int, required=True)
-    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--fold", type=int, required=True, help="fold number")
+    p.add_argument("--size", type=int, required=True, help="training-set size")
     p.add_argument(
         "--replicate",
         type=int,
         default=0,
         help="replicate number: another seed on the same fold (0 = the first network)",
     )
-    p.add_argument("--image-size", type=int, required=True)
-    p.add_argument("--train-config", type=_json, default={})
-    p.add_argument("--model-config", type=_json, default={"name": "paper_cnn"})
-    p.add_argument("--progress", action="store_true")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--image-size",
+        type=int,
+        required=True,
+        help="side of the stored images (px), as in the store",
+    )
+    p.add_argument("--train-config", type=_json, default={}, help="the train config section (JSON)")
+    p.add_argument(
+        "--model-config",
+        type=_json,
+        default={"name": "paper_cnn"},
+        help='the model config section (JSON), default {"name": "paper_cnn"}',
+    )
+    p.add_argument("--progress", action="store_true", help="show Lightning's progress bar")
+    p.add_argument(
+        "--out", type=Path, required=True, help="folder for the trained network and its predictions"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("train-folds", help="train sizes x folds one after another, one process")
@@ -472,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="networks per (size, fold), each its own seed: OUT/n{size}/fold{k}_rep{r}/ for r >= 1",
     )
-    p.add_argument("--progress", action="store_true")
+    p.add_argument("--progress", action="store_true", help="show Lightning's progress bar")
     p.set_defaults(func=cmd_train_folds)
 
     p = sub.add_parser("train-stacked", help="train sizes x folds side by side as one model")
@@ -486,26 +623,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_stacked)
 
     p = sub.add_parser("pretrain", help="train one network on a source experiment's images")
-    p.add_argument("--store", type=Path, required=True)
+    p.add_argument(
+        "--store", type=Path, required=True, help="tensor store folder of the source experiment"
+    )
     p.add_argument(
         "--classes", type=_json, default=None, help="the experiment's classes section (JSON)"
     )
-    p.add_argument("--image-size", type=int, required=True)
-    p.add_argument("--train-config", type=_json, default={})
-    p.add_argument("--model-config", type=_json, default={"name": "paper_cnn"})
-    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument(
+        "--image-size",
+        type=int,
+        required=True,
+        help="side of the stored images (px), as in the store",
+    )
+    p.add_argument("--train-config", type=_json, default={}, help="the train config section (JSON)")
+    p.add_argument(
+        "--model-config",
+        type=_json,
+        default={"name": "paper_cnn"},
+        help='the model config section (JSON), default {"name": "paper_cnn"}',
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of the images held out for validation",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
-    p.add_argument("--progress", action="store_true")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--progress", action="store_true", help="show Lightning's progress bar")
+    p.add_argument("--out", type=Path, required=True, help="folder for the pretrained network")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="metrics, summary and figures of a training-size sweep")
-    p.add_argument("train_dirs", type=Path, nargs="+")
-    p.add_argument("--classes", type=Path, required=True)
-    p.add_argument("--experiment", required=True)
-    p.add_argument("--reference", default=None)
-    p.add_argument("--plot-options", type=_json, default={})
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "train_dirs",
+        type=Path,
+        nargs="+",
+        help="training folders (each with predictions.csv, history.csv, train_info.json)",
+    )
+    p.add_argument("--classes", type=Path, required=True, help="the experiment's classes.json")
+    p.add_argument("--experiment", required=True, help="experiment name shown in the outputs")
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="the paper's reported results to compare with (reference key)",
+    )
+    p.add_argument(
+        "--plot-options",
+        type=_json,
+        default={},
+        help="JSON: dpi, roc_sizes, loss_sizes (the plots config)",
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, help="folder for metrics, summaries and figures"
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="compare experiments on identical folds (Wilcoxon)")
@@ -513,8 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", nargs="+", required=True, help="experiment names, same order")
     p.add_argument("--metric", required=True, help="metrics.csv column, e.g. roc_auc")
     p.add_argument("--title", default="", help="comparison name shown in the outputs")
-    p.add_argument("--dpi", type=int, default=150)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--dpi", type=int, default=150, help="figure resolution")
+    p.add_argument("--out", type=Path, required=True, help="folder for the comparison outputs")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("ensemble", help="soft-voting ensemble of experiments on identical folds")
@@ -529,28 +699,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=Path, required=True, help="the members' classes.json")
     p.add_argument("--metric", default=None, help="figure and tests (default: main metric)")
     p.add_argument("--title", default="", help="ensemble name shown in the outputs")
-    p.add_argument("--dpi", type=int, default=150)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--dpi", type=int, default=150, help="figure resolution")
+    p.add_argument("--out", type=Path, required=True, help="folder for the ensemble outputs")
     p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("merged", help="ROC-AUC of merged classes (sums of class probabilities)")
-    p.add_argument("train_dirs", type=Path, nargs="+")
-    p.add_argument("--classes", type=Path, required=True)
+    p.add_argument(
+        "train_dirs", type=Path, nargs="+", help="training folders (each with predictions.csv)"
+    )
+    p.add_argument("--classes", type=Path, required=True, help="the experiment's classes.json")
     p.add_argument(
         "--groups", type=_json, required=True, help='JSON: {"blast": ["myeloblast", ...], ...}'
     )
-    p.add_argument("--experiment", default="")
-    p.add_argument("--roc-sizes", type=int, nargs="+", default=None)
-    p.add_argument("--dpi", type=int, default=150)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--experiment", default="", help="experiment name shown in the outputs")
+    p.add_argument(
+        "--roc-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="training sizes whose ROC curves are drawn",
+    )
+    p.add_argument("--dpi", type=int, default=150, help="figure resolution")
+    p.add_argument("--out", type=Path, required=True, help="folder for the merged-class outputs")
     p.set_defaults(func=cmd_merged)
 
     p = sub.add_parser("explain", help="saliency and LRP maps, relevance shares of one fold")
-    p.add_argument("--store", type=Path, required=True)
+    p.add_argument(
+        "--store", type=Path, required=True, help="tensor store folder (images.npy, index.csv)"
+    )
     p.add_argument("--folds", type=Path, required=True, help="folder with folds.csv, classes.json")
     p.add_argument("--train-root", type=Path, required=True, help="RESULTS/EXPERIMENT/train")
-    p.add_argument("--fold", type=int, required=True)
-    p.add_argument("--sizes", type=int, nargs="+", required=True)
+    p.add_argument("--fold", type=int, required=True, help="fold number")
+    p.add_argument("--sizes", type=int, nargs="+", required=True, help="training sizes to explain")
     p.add_argument(
         "--settings",
         type=_json,
@@ -560,23 +740,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--masks", type=Path, default=None, help="folder of expert masks")
     p.add_argument("--fit", default="pad", choices=["pad", "resize"], help="the store's fit")
-    p.add_argument("--experiment", default="")
-    p.add_argument("--dpi", type=int, default=150)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--experiment", default="", help="experiment name shown in the outputs")
+    p.add_argument("--dpi", type=int, default=150, help="figure resolution")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument(
+        "--out", type=Path, required=True, help="folder for maps, relevance shares and figures"
+    )
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("tsne", help="tSNE of the hidden layer and class separation of one fold")
     p.add_argument("--train-root", type=Path, required=True, help="RESULTS/EXPERIMENT/train")
-    p.add_argument("--fold", type=int, required=True)
-    p.add_argument("--sizes", type=int, nargs="+", required=True)
-    p.add_argument("--classes", type=Path, required=True)
-    p.add_argument("--perplexity", type=float, default=30.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--knn", type=int, default=5)
-    p.add_argument("--experiment", default="")
-    p.add_argument("--dpi", type=int, default=150)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--fold", type=int, required=True, help="fold number")
+    p.add_argument("--sizes", type=int, nargs="+", required=True, help="training sizes to embed")
+    p.add_argument("--classes", type=Path, required=True, help="the experiment's classes.json")
+    p.add_argument(
+        "--perplexity",
+        type=float,
+        default=30.0,
+        help="tSNE perplexity (lowered to (n - 1) / 3 for n points where needed)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed of tSNE")
+    p.add_argument("--knn", type=int, default=5, help="k of the leave-one-out k-NN accuracy")
+    p.add_argument("--experiment", default="", help="experiment name shown in the outputs")
+    p.add_argument("--dpi", type=int, default=150, help="figure resolution")
+    p.add_argument("--out", type=Path, required=True, help="folder for the tSNE table and figures")
     p.set_defaults(func=cmd_tsne)
 
     p = sub.add_parser(
@@ -586,7 +773,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_unlock)
 
     p = sub.add_parser("benchmark", help="print speed and memory numbers (see fewcells.benchmark)")
-    p.add_argument("what", choices=["training", "workflow", "dedup", "sweep", "stacked-sweep"])
+    p.add_argument(
+        "what",
+        choices=["training", "workflow", "dedup", "sweep", "stacked-sweep"],
+        help="what to measure",
+    )
     p.add_argument("--cores", type=int, default=None, help="default: all cores")
     p.add_argument("--size", type=int, default=100, help="training: training-set size")
     p.add_argument("--model", default="paper_cnn", help="training: model.name to measure")

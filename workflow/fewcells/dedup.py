@@ -10,9 +10,10 @@ cells of the same type do not).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import imagehash
 import numpy as np
@@ -34,6 +35,9 @@ PAIR_COLUMNS = [
     "highpass_correlation",
     "mean_abs_diff",
     "confirmed",
+    "label_a",
+    "label_b",
+    "label_conflict",
 ]
 HASHES = {
     "phash": imagehash.phash,
@@ -41,6 +45,8 @@ HASHES = {
     "average_hash": imagehash.average_hash,
 }
 GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -58,10 +64,21 @@ class DedupSettings:
     @classmethod
     def from_config(cls, cfg: dict | None) -> DedupSettings:
         """Build from the `dedup` config section, naming an unknown key or hash."""
+        if cfg is not None and not isinstance(cfg, dict):
+            raise FewcellsError(f"dedup config: needs a mapping of settings, not {cfg!r}")
         cfg = dict(cfg or {})
         unknown = set(cfg) - set(cls.__dataclass_fields__)
         if unknown:
             raise FewcellsError(f"unknown key(s) in dedup config: {sorted(unknown)}")
+        for field in fields(cls):
+            value = cfg.get(field.name, field.default)
+            wanted, name = {
+                "str": (str, "string"),
+                "int": (int, "whole number"),
+                "float": ((int, float), "number"),
+            }[field.type]
+            if not isinstance(value, wanted) or isinstance(value, bool):
+                raise FewcellsError(f"dedup.{field.name} must be a {name}, not {value!r}")
         settings = cls(**cfg)
         if settings.hash not in HASHES:
             raise FewcellsError(
@@ -170,11 +187,14 @@ def find_duplicates(
 
     Images are visited in image_id order; one is removed when it forms a confirmed pair
     with an image already kept, so every removed image is a confirmed duplicate of a
-    kept one and no two kept images form a confirmed pair.
+    kept one and no two kept images form a confirmed pair. A confirmed pair whose images
+    carry different labels is marked `label_conflict` and named in a warning: one of the
+    labels is wrong, and the kept image's label is the one used.
     """
     manifest = manifest.sort_values("image_id").reset_index(drop=True)
     paths = manifest["path"].astype(str).tolist()
     ids = manifest["image_id"].astype(str).tolist()
+    labels = manifest["label"].astype(str).tolist()
     hashes = compute_hashes(paths, settings, workers)
     records = []
     for i, j, distance in candidate_pairs(hashes, settings.max_distance):
@@ -183,8 +203,17 @@ def find_duplicates(
         records.append(
             {"image_a": ids[i], "image_b": ids[j], "hash_distance": distance}
             | measures
-            | {"confirmed": confirmed}
+            | {"confirmed": confirmed, "label_a": labels[i], "label_b": labels[j]}
+            | {"label_conflict": confirmed and labels[i] != labels[j]}
         )
+        if records[-1]["label_conflict"]:
+            _LOG.warning(
+                "duplicate images with different labels: %s (%s) and %s (%s)",
+                paths[i],
+                labels[i],
+                paths[j],
+                labels[j],
+            )
     pairs = pd.DataFrame.from_records(records, columns=PAIR_COLUMNS)
     partners: dict[str, set[str]] = {}
     for a, b in pairs.loc[pairs["confirmed"], ["image_a", "image_b"]].itertuples(index=False):

@@ -47,27 +47,49 @@ PIL_DECODE_ERRORS = (
     Image.DecompressionBombError,
 )
 
+# Leading bytes of the supported formats, to tell a damaged image from a file of another kind.
+IMAGE_SIGNATURES = (
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),
+    (b"MM\x00+", "TIFF"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"BM", "BMP"),
+)
+SKIP_ADVICE = "set dataset.on_bad_image: skip to leave them out"
+
 _LOG = logging.getLogger(__name__)
 
 Entry = tuple[Path, dict[str, str]]
 
 
 class _BadFiles:
-    """Applies the ``dataset.on_bad_image`` policy: raise, or log a warning and count."""
+    """Applies the ``dataset.on_bad_image`` policy: collect every bad file and raise one error
+    listing them all at the end, or log a warning per file and count."""
 
-    def __init__(self, policy: str, log: Callable[[str], object]) -> None:
+    def __init__(self, policy: str, log: Callable[[str], object], skip_advice: str) -> None:
         self.policy = policy
         self.log = log
+        self.skip_advice = skip_advice
+        self.problems: list[str] = []
         self.skipped = 0
 
     def report(self, path: Path, reason: str) -> None:
         if self.policy == "error":
-            raise FewcellsError(
-                f"{path}: {reason}; fix or remove the file, "
-                "or set dataset.on_bad_image: skip to leave it out"
-            )
+            self.problems.append(f"{path}: {reason}")
+            return
         self.skipped += 1
         self.log(f"skipping {path}: {reason}")
+
+    def raise_if_any(self, root: Path) -> None:
+        """Raise one error naming every bad file found under `root`, if there were any."""
+        if self.problems:
+            listing = "\n".join(f"  {problem}" for problem in self.problems)
+            raise FewcellsError(
+                f"{len(self.problems)} bad file(s) under {root}:\n{listing}\n"
+                f"fix or remove them, or {self.skip_advice}"
+            )
 
 
 def _is_ignored_dir(name: str) -> bool:
@@ -75,18 +97,24 @@ def _is_ignored_dir(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
+def _is_image_name(name: str) -> bool:
+    """An image suffix and not a hidden file: macOS writes `._NAME` metadata files (AppleDouble)
+    beside every file it copies to a foreign disk or archive, and `.DS_Store` folder files."""
+    return Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
+
+
 def _image_files(root: Path) -> Iterator[Path]:
-    """All files with an image suffix under `root`, in sorted order; other files are ignored."""
+    """All image files under `root` (see `_is_image_name`), in sorted order; others ignored."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not _is_ignored_dir(d))
         for name in sorted(filenames):
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+            if _is_image_name(name):
                 yield Path(dirpath, name)
 
 
 def _all_idb2_entries(root: Path, bad: _BadFiles) -> Iterator[Entry]:
     for path in sorted(root.iterdir()):
-        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+        if not path.is_file() or not _is_image_name(path.name):
             continue
         match = ALL_IDB2_NAME.match(path.name)
         if match is None:
@@ -197,6 +225,12 @@ def _inspect_image(path: Path) -> tuple[dict[str, object] | None, str]:
                 width, height = image.size
                 mode = image.mode
     except UnidentifiedImageError:
+        signature = next((name for magic, name in IMAGE_SIGNATURES if data.startswith(magic)), None)
+        if signature:
+            return None, (
+                f"truncated or damaged {signature} file ({len(data)} bytes; it starts like a "
+                f"{signature}, but PIL cannot read it)"
+            )
         return None, "not an image (PIL cannot identify the format)"
     except PIL_DECODE_ERRORS as error:
         return None, f"not a readable image ({type(error).__name__}: {error})"
@@ -218,8 +252,14 @@ def build_manifest(
     labels_csv: str = "labels.csv",
     annotations: str | None = None,
     log: Callable[[str], object] | None = None,
+    skip_advice: str = SKIP_ADVICE,
 ) -> pd.DataFrame:
-    """Table of every image under `root` for layout `kind`, one row per image, sorted by id."""
+    """Table of every image under `root` for layout `kind`, one row per image, sorted by id.
+
+    Bad files (unreadable, not images, misnamed for the layout) are all reported in one
+    error, or with ``on_bad_image="skip"`` logged one warning each and left out;
+    `skip_advice` is how the caller's user asks for that.
+    """
     if kind not in KINDS:
         raise FewcellsError(f"dataset.kind: unknown kind {kind!r}; allowed: {', '.join(KINDS)}")
     if on_bad_image not in ON_BAD_IMAGE:
@@ -230,7 +270,7 @@ def build_manifest(
     root = Path(os.path.abspath(root))
     if not root.is_dir():
         raise FewcellsError(f"{root}: data set root is not a directory (dataset.root)")
-    bad = _BadFiles(on_bad_image, log or _LOG.warning)
+    bad = _BadFiles(on_bad_image, log or _LOG.warning, skip_advice)
     if kind == "all_idb2":
         entries = _all_idb2_entries(root, bad)
     elif kind == "pbc":
@@ -256,6 +296,7 @@ def build_manifest(
             continue
         path_by_id[image_id] = path
         rows.append({"image_id": image_id, "path": str(path), **info, **labels})
+    bad.raise_if_any(root)
     if bad.skipped:
         bad.log(f"skipped {bad.skipped} bad file(s) under {root} (dataset.on_bad_image: skip)")
     if not rows:

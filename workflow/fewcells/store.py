@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -15,6 +17,11 @@ from fewcells.errors import FewcellsError
 from fewcells.manifest import load_rgb
 
 FITS = ("pad", "resize")
+# An image with a side below this share of the store's side is mostly padding (or a blurred
+# enlargement) in the store: a thumbnail or a wrong file, so it is named in a warning.
+SMALL_IMAGE_SHARE = 0.5
+
+_LOG = logging.getLogger(__name__)
 
 
 def fit_image(image: np.ndarray, size: int, fit: str) -> np.ndarray:
@@ -39,7 +46,9 @@ def fit_image(image: np.ndarray, size: int, fit: str) -> np.ndarray:
 def build_store(kept: pd.DataFrame, out_dir: Path, image_size: int, fit: str = "pad") -> None:
     """Write out_dir/images.npy (N, size, size, 3) uint8 and out_dir/index.csv, atomically.
 
-    Images are decoded one at a time into a memory-mapped file, so memory stays flat.
+    Images are decoded one at a time into a memory-mapped file, so memory stays flat. An
+    image with a side shorter than half of `image_size` is named in a warning; their number
+    and ids are recorded in out_dir/store_info.json.
     """
     if image_size < 1:
         raise FewcellsError(
@@ -64,8 +73,21 @@ def build_store(kept: pd.DataFrame, out_dir: Path, image_size: int, fit: str = "
             dtype=np.uint8,
             shape=(len(kept), image_size, image_size, 3),
         )
-        for row, path in enumerate(kept["path"]):
-            images[row] = fit_image(load_rgb(path), image_size, fit)
+        small = []
+        for row, (image_id, path) in enumerate(zip(kept["image_id"], kept["path"], strict=True)):
+            image = load_rgb(path)
+            height, width = image.shape[:2]
+            if min(height, width) < SMALL_IMAGE_SHARE * image_size:
+                small.append(image_id)
+                _LOG.warning(
+                    "%s: %d x %d px, far smaller than image.size %d; the store %s it",
+                    path,
+                    width,
+                    height,
+                    image_size,
+                    "pads" if fit == "pad" else "enlarges",
+                )
+            images[row] = fit_image(image, image_size, fit)
             if (row + 1) % 1000 == 0:
                 print(f"store: {row + 1}/{len(kept)} images", file=sys.stderr)
         images.flush()
@@ -74,6 +96,23 @@ def build_store(kept: pd.DataFrame, out_dir: Path, image_size: int, fit: str = "
             {"row": np.arange(len(kept)), "image_id": kept["image_id"], "label": kept["label"]}
         )
         index.to_csv(tmp / "index.csv", index=False)
+        info = {
+            "images": len(kept),
+            "image_size": image_size,
+            "fit": fit,
+            "small_images": len(small),
+            "small_image_ids": small,
+        }
+        (tmp / "store_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    if small:
+        _LOG.warning(
+            "store %s: %d image(s) with a side below %d px (half of image.size %d), see "
+            "store_info.json",
+            out_dir,
+            len(small),
+            -(-image_size // 2),
+            image_size,
+        )
 
 
 def open_store(store_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:

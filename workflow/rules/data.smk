@@ -16,7 +16,7 @@ rule fetch:
         ),
         out=lambda w: f"{DATASETS}/{w.dataset}",
     shell:
-        "fewcells fetch --dataset {params.dataset:q} --out {params.out} 2> {log}"
+        "fewcells fetch --dataset {params.dataset:q} --out {params.out} 2>&1 | tee {log} >&2"
 
 
 rule manifest:
@@ -45,7 +45,7 @@ rule manifest:
         ),
     shell:
         "fewcells manifest {input} --kind {params.kind} --on-bad-image {params.on_bad_image}"
-        " --labels-csv {params.labels_csv:q} {params.annotations} --out {output} 2> {log}"
+        " --labels-csv {params.labels_csv:q} {params.annotations} --out {output} 2>&1 | tee {log} >&2"
 
 
 rule dedup:
@@ -74,4 +74,4 @@ rule dedup:
         out=lambda w: f"{DATASETS}/{w.dataset}/dedup",
     shell:
         "fewcells dedup {input} --settings {params.settings:q} --threads {threads}"
-        " --out {params.out} 2> {log}"
+        " --out {params.out} 2>&1 | tee {log} >&2"

@@ -42,4 +42,4 @@ rule store:
         out=lambda w: f"{RESULTS}/{w.experiment}/store",
     shell:
         "fewcells store {input} --image-size {params.size} --fit {params.fit}"
-        " --out {params.out} 2> {log}"
+        " --out {params.out} 2>&1 | tee {log} >&2"
