@@ -9,6 +9,9 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
+report: "workflow/report/workflow.rst"
+
+
 # The demo config is the default only: a --configfile replaces it (instead of being merged
 # over it), so that a user's config without `run:` runs the user's experiments.
 if not workflow.config_settings.configfiles:

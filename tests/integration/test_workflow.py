@@ -76,6 +76,25 @@ def test_demo_workflow_writes_every_output(tiny_run):
     assert (results / "benchmarks/tiny_binary/train/n6_fold0.tsv").exists()
 
 
+def test_report_describes_the_run_and_holds_every_figure(tiny_run):
+    report = tiny_run / "report.zip"
+    snakemake(tiny_run, "--report", str(report), "--configfile", str(tiny_run / "config.yaml"))
+    import zipfile
+
+    with zipfile.ZipFile(report) as archive:
+        names = archive.namelist()
+        text = "".join(
+            archive.read(name).decode("utf-8", "replace")
+            for name in names
+            if name.endswith((".html", ".js"))
+        )
+    figures = sorted(p.name for p in (tiny_run / "results").rglob("*.png"))
+    assert figures
+    for figure in set(figures):
+        assert any(name.endswith(figure) for name in names), figure
+    assert "how many annotated single-cell images" in text
+
+
 def test_nothing_to_do_after_a_complete_run(tiny_run):
     assert planned_jobs(tiny_run, "--configfile", str(tiny_run / "config.yaml")) == {}
 
