@@ -448,14 +448,8 @@ def cmd_benchmark(args) -> None:
         write_json(result, args.json)
 
 
-def _add_many_trainings_arguments(p: argparse.ArgumentParser) -> None:
-    """The arguments of the commands that train every fold of several training sizes."""
-    p.add_argument(
-        "--store", type=Path, required=True, help="tensor store folder (images.npy, index.csv)"
-    )
-    p.add_argument("--folds", type=Path, required=True, help="folder with folds.csv, classes.json")
-    p.add_argument("--fold-ids", type=_int_list, required=True, help="comma-separated folds")
-    p.add_argument("--sizes", type=_int_list, required=True, help="comma-separated sizes")
+def _add_network_arguments(p: argparse.ArgumentParser) -> None:
+    """--image-size, --train-config and --model-config of the commands that train."""
     p.add_argument(
         "--image-size",
         type=int,
@@ -469,6 +463,17 @@ def _add_many_trainings_arguments(p: argparse.ArgumentParser) -> None:
         default={"name": "paper_cnn"},
         help='the model config section (JSON), default {"name": "paper_cnn"}',
     )
+
+
+def _add_many_trainings_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of the commands that train every fold of several training sizes."""
+    p.add_argument(
+        "--store", type=Path, required=True, help="tensor store folder (images.npy, index.csv)"
+    )
+    p.add_argument("--folds", type=Path, required=True, help="folder with folds.csv, classes.json")
+    p.add_argument("--fold-ids", type=_int_list, required=True, help="comma-separated folds")
+    p.add_argument("--sizes", type=_int_list, required=True, help="comma-separated sizes")
+    _add_network_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="train folder: OUT/n{size}/fold{k}/")
 
 
@@ -582,19 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="replicate number: another seed on the same fold (0 = the first network)",
     )
-    p.add_argument(
-        "--image-size",
-        type=int,
-        required=True,
-        help="side of the stored images (px), as in the store",
-    )
-    p.add_argument("--train-config", type=_json, default={}, help="the train config section (JSON)")
-    p.add_argument(
-        "--model-config",
-        type=_json,
-        default={"name": "paper_cnn"},
-        help='the model config section (JSON), default {"name": "paper_cnn"}',
-    )
+    _add_network_arguments(p)
     p.add_argument("--progress", action="store_true", help="show Lightning's progress bar")
     p.add_argument(
         "--out", type=Path, required=True, help="folder for the trained network and its predictions"
@@ -629,19 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--classes", type=_json, default=None, help="the experiment's classes section (JSON)"
     )
-    p.add_argument(
-        "--image-size",
-        type=int,
-        required=True,
-        help="side of the stored images (px), as in the store",
-    )
-    p.add_argument("--train-config", type=_json, default={}, help="the train config section (JSON)")
-    p.add_argument(
-        "--model-config",
-        type=_json,
-        default={"name": "paper_cnn"},
-        help='the model config section (JSON), default {"name": "paper_cnn"}',
-    )
+    _add_network_arguments(p)
     p.add_argument(
         "--val-fraction",
         type=float,

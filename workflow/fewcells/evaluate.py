@@ -28,6 +28,7 @@ from sklearn.metrics import (
 from fewcells import plots
 from fewcells.atomic import write_csv, write_json, write_png, write_text
 from fewcells.collapse import is_collapsed, output_spread
+from fewcells.contracts import HISTORY_COLUMNS
 from fewcells.errors import FewcellsError
 from fewcells.metric_names import BINARY_METRICS, MAIN_METRIC, MULTICLASS_METRICS
 
@@ -55,16 +56,6 @@ LEARNING_CURVE_MODEL = "score(n) = a - (a - b) * exp(-n / tau)"
 # One trained network: training size, fold and replicate (another seed on the same fold).
 RUN_KEYS = ["size", "fold", "replicate"]
 PREDICTION_COLUMNS = ["fold", "size", "replicate", "image_id", "target", "split"]
-HISTORY_COLUMNS = [
-    "fold",
-    "size",
-    "replicate",
-    "epoch",
-    "train_loss",
-    "val_loss",
-    "val_accuracy",
-    "lr",
-]
 # train_info.json fields that say what produced a training.
 PROVENANCE_FIELDS = (
     "fewcells_version",
@@ -872,7 +863,7 @@ def read_histories(paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
             raise FewcellsError(f"{path}: columns {numeric} must hold numbers")
         if frame["epoch"].isna().any():
             raise FewcellsError(f"{path}: 'epoch' has empty cells")
-        frames.append(frame[HISTORY_COLUMNS + (["phase"] if "phase" in frame else [])])
+        frames.append(frame[[*HISTORY_COLUMNS, *(["phase"] if "phase" in frame else [])]])
     if not frames:
         raise FewcellsError("no history.csv files given")
     return pd.concat(frames, ignore_index=True)

@@ -36,6 +36,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 from fewcells.atomic import atomic_path
 from fewcells.augment import BatchAugment
 from fewcells.collapse import is_collapsed, output_spread
+from fewcells.contracts import HISTORY_COLUMNS
 from fewcells.errors import FewcellsError
 from fewcells.model import PaperCNN, build_model, to_model_input
 from fewcells.paper_stem import load_kernel
@@ -75,16 +76,6 @@ OPTIMIZERS: dict[str, Callable[[Iterable[torch.nn.Parameter], dict], torch.optim
 
 FOLD_COLUMNS = ("fold", "image_id", "label", "target", "class_name", "role", "rank")
 INDEX_COLUMNS = ("row", "image_id", "label")
-HISTORY_COLUMNS = (
-    "fold",
-    "size",
-    "replicate",
-    "epoch",
-    "train_loss",
-    "val_loss",
-    "val_accuracy",
-    "lr",
-)
 DEFAULT_FINETUNE: dict = {"head_epochs": 10, "head_lr": 0.01, "freeze_batchnorm": True}
 HEAD_PHASE, FINETUNE_PHASE = "head", "finetune"
 BATCHNORM_TYPES = (nn.modules.batchnorm._BatchNorm,)
