@@ -199,10 +199,13 @@ def score_boxplot(
     )
     jitter = np.random.default_rng(0)
     working, collapsed = _networks(metrics, score)
-    for points, marker, colour in ((working, "o", "grey"), (collapsed, "x", COLLAPSED_COLOUR)):
+    for points, marker, colour, size in (
+        (working, "o", "grey", 4),
+        (collapsed, "x", COLLAPSED_COLOUR, 8),
+    ):
         where = np.searchsorted(sizes, points["size"].to_numpy())
         offsets = jitter.uniform(-0.15, 0.15, len(points))
-        ax.plot(where + offsets, points[score], marker, ms=4, color=colour, alpha=0.8)
+        ax.plot(where + offsets, points[score], marker, ms=size, mew=2, color=colour, zorder=3)
     handles = [
         Line2D([], [], marker="o", ls="", color="grey", ms=3, label=_network_points_label(metrics))
     ]
@@ -226,7 +229,7 @@ def score_boxplot(
         handles.append(
             Line2D([], [], marker="D", ls="", color=PAPER_COLOUR, label="paper (mean ± s.d.)")
         )
-    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    ax.legend(handles=handles, fontsize=8, loc="best")
     ax.set_xticks(positions, [str(s) for s in sizes], rotation=45 if len(sizes) > 10 else 0)
     counts = fold_means.groupby("size")[score].count()
     ax.set_xlabel(f"Training-set size n (images; {_fold_count_text(counts)})")
@@ -357,7 +360,7 @@ def learning_curve(
     ax.set_xlabel(f"Training-set size n (images; {fold_counts})")
     ax.set_ylabel(f"{label} on the test fold")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     ax.set_title(
         _title(experiment, f"learning curve ({label}), shaded: 95% bootstrap CI"), fontsize=11
     )

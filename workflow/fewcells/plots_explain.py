@@ -91,7 +91,8 @@ def relevance_shares(
     """Share of positive LRP relevance inside the nucleus and the cell vs training size, one
     panel per composite (titled by `labels`, composite name -> description): mean ± 1 s.d.
     over the fold's test images; dotted: the region's mean area (what uniform relevance would
-    give)."""
+    give). A size whose network puts no positive relevance on any image (a collapsed
+    network) is marked as such."""
     composites = list(dict.fromkeys(summary["composite"]))
     figure = Figure(figsize=(0.4 + 4.6 * len(composites), 4.8), layout="constrained")
     axes = figure.subplots(1, len(composites), squeeze=False, sharey=True)[0]
@@ -99,8 +100,10 @@ def relevance_shares(
     offset_unit = 0.01 * (max(sizes) - min(sizes) or 1)
     for ax, composite in zip(axes, composites, strict=True):
         panel = summary[summary["composite"] == composite]
+        for size in sorted(panel.loc[panel["n_images"] == 0, "size"].unique()):
+            ax.text(size, 0.9, "no positive\nrelevance", ha="center", fontsize=7, color="grey")
         for (region, source), group in panel.groupby(["region", "mask"]):
-            group = group.sort_values("size")
+            group = group[group["n_images"] > 0].sort_values("size")
             colour = REGION_COLOURS[region]
             offset = offset_unit if source == "expert" else -offset_unit
             ax.errorbar(
