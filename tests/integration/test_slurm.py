@@ -147,7 +147,7 @@ def test_demo_runs_through_slurm_with_the_results_of_a_local_run(slurm_env, tmp_
     rules = jobs.Comment.str.extract(r"^rule_([a-z_]+?)(?:_wildcards_|$)")[0]
     assert set(rules) == CLUSTER_RULES and not LOCAL_RULES & set(rules)
     assert sorted(jobs.Comment[rules == "train"]) == sorted(
-        f"rule_train_wildcards_{experiment}_{size}_{fold}"
+        f"rule_train_wildcards_{experiment}_{size}_fold{fold}"
         for experiment, (sizes, folds) in EXPERIMENTS.items()
         for size in sizes
         for fold in folds
