@@ -88,7 +88,11 @@ def test_report_describes_the_run_and_holds_every_figure(tiny_run):
             for name in names
             if name.endswith((".html", ".js"))
         )
-    figures = sorted(p.name for p in (tiny_run / "results").rglob("*.png"))
+    figures = sorted(
+        path.name
+        for stage in ("evaluation", "explain", "tsne")
+        for path in (tiny_run / "results").glob(f"*/{stage}/**/*.png")
+    )
     assert figures
     for figure in set(figures):
         assert any(name.endswith(figure) for name in names), figure
