@@ -7,7 +7,14 @@ import pytest
 import yaml
 from snakemake.utils import update_config
 
-from fewcells.config import check_config_file, fold_ids, train_protocol, validate_config
+from fewcells.config import (
+    check_config_file,
+    fold_ids,
+    parse_run_name,
+    run_name,
+    train_protocol,
+    validate_config,
+)
 from fewcells.errors import FewcellsError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -185,3 +192,9 @@ def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):
         check_config_file(path)
     for shipped in sorted((REPO / "config").glob("**/*.yaml")):
         check_config_file(shipped)
+
+
+def test_run_names_round_trip():
+    for fold, replicate in [(0, 0), (7, 0), (3, 1), (12, 2)]:
+        assert parse_run_name(run_name(fold, replicate)) == (fold, replicate)
+    assert run_name(3) == "fold3" and run_name(3, 2) == "fold3_rep2"

@@ -477,6 +477,12 @@ def run_name(fold: int, replicate: int = 0) -> str:
     return f"fold{fold}" if replicate == 0 else f"fold{fold}_rep{replicate}"
 
 
+def parse_run_name(run: str) -> tuple[int, int]:
+    """(fold, replicate) of a run folder name; the inverse of run_name."""
+    fold, _, replicate = run.removeprefix("fold").partition("_rep")
+    return int(fold), int(replicate or 0)
+
+
 def training_runs(experiment: dict, size: int) -> list[str]:
     """The run folders (see run_name) of every network trained at `size`."""
     return [

@@ -16,6 +16,7 @@ from fewcells.config import (
     fold_ids,
     pretrain_protocol,
     replicates_at,
+    parse_run_name,
     run_name,
     train_protocol,
     training_runs,
@@ -256,16 +257,6 @@ def many_trainings_rule_name(experiment, replicates):
     """train_<engine>_<experiment>, with _r<replicates> for the sizes that have replicates."""
     name = f"train_{train_engine(experiment)}_{experiment}"
     return name if len(replicate_groups(experiment)) == 1 else f"{name}_r{replicates}"
-
-
-def run_fold(run):
-    """The fold of a run folder name (see fewcells.config.run_name)."""
-    return int(run.removeprefix("fold").split("_rep")[0])
-
-
-def run_replicate(run):
-    """The replicate of a run folder name: 0 for fold<k>, r for fold<k>_rep<r>."""
-    return int(run.split("_rep")[1]) if "_rep" in run else 0
 
 
 def experiment_config(wildcards):

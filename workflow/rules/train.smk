@@ -36,8 +36,8 @@ rule train:
         store=lambda w: f"{RESULTS}/{w.experiment}/store",
         folds=lambda w: f"{RESULTS}/{w.experiment}/folds",
         out=lambda w: f"{RESULTS}/{w.experiment}/train/n{w.size}/{w.run}",
-        fold=lambda w: run_fold(w.run),
-        replicate=lambda w: run_replicate(w.run),
+        fold=lambda w: parse_run_name(w.run)[0],
+        replicate=lambda w: parse_run_name(w.run)[1],
     shell:
         "fewcells train --store {params.store} --folds {params.folds}"
         " --fold {params.fold} --replicate {params.replicate} --size {wildcards.size}"
