@@ -114,8 +114,9 @@ def map_labels(
     """Each image's class name from its label, or NA (no label, or one no class takes).
 
     `classes` maps labels to the experiment's classes as an experiment's `classes` does
-    ({name, labels}, "*" the rest; here a label may be absent from the set, and a class may
-    be left out). Without it a label that is a class name is that class.
+    ({name, labels}, "*" the rest, unlabelled images included - so a folder of images of one
+    class is [{name: <class>, labels: ["*"]}]; here a label may be absent from the set, and
+    a class may be left out). Without it a label that is a class name is that class.
     """
     labels = labels.fillna("").astype(str)
     if not classes:
@@ -134,10 +135,10 @@ def map_labels(
                 rest = entry["name"]
             else:
                 by_label[label] = entry["name"]
-    mapped = labels.map(by_label)
-    if rest is not None:
-        mapped = mapped.fillna(rest)
-    return mapped.where(labels != "", None).astype(object)
+    mapped = labels.map(by_label).astype(object)
+    if rest is not None:  # the rest takes unlabelled images too: "every image is a <rest>"
+        return mapped.fillna(rest)
+    return mapped.where(labels != "", None)
 
 
 def _networks_table(networks: Sequence[Network]) -> pd.DataFrame:

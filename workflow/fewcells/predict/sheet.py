@@ -45,7 +45,7 @@ def ensemble_relevance(
     image's target class: (B, H, W)."""
     settings = {**DEFAULT_SETTINGS, **settings}
     x = to_model_input(torch.from_numpy(images))
-    target = torch.as_tensor(targets, dtype=torch.int64)
+    target = torch.from_numpy(np.array(targets, dtype=np.int64))
     total = np.zeros(images.shape[:3], dtype=np.float64)
     for network in networks:
         composite = make_composite(
