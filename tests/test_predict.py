@@ -69,7 +69,8 @@ def write_network(
         for i, image_id in enumerate(ids):
             p = rng.dirichlet(np.ones(len(classes)))
             rows.append(
-                {"fold": 0, "size": 10, "replicate": 0, "image_id": image_id,
+                {"fold": int(directory.name.removeprefix("fold")), "size": 10, "replicate": 0,
+                 "image_id": image_id,
                  "target": i % len(classes), "split": split,
                  **{f"p_{c}": p[k] for k, c in enumerate(classes)}}
             )  # fmt: skip
