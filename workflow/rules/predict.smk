@@ -49,7 +49,10 @@ rule predict:
         fit=lambda w: experiment_config(w)["image"]["fit"],
         rescale=lambda w: predict_entry(w)["rescale"],
         explain=lambda w: as_json(
-            {k: experiment_config(w)["explain"][k] for k in ("composite", "epsilon", "gamma")}
+            {
+                k: experiment_config(w)["explain"][k]
+                for k in ("composite", "epsilon", "gamma")
+            }
         ),
         sheet_images=lambda w: predict_entry(w)["sheet_images"],
         batch_size=lambda w: predict_entry(w)["batch_size"],
