@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fewcells.atomic import atomic_path
+from fewcells.atomic import atomic_path, write_csv
 from fewcells.errors import FewcellsError
 
 SET_ASIDE_COLUMNS = ["image_id", "label", "path"]
@@ -57,8 +57,10 @@ def write_set_aside(kept: pd.DataFrame, per_label: int, seed: int, out_dir: Path
     """OUT_DIR/set_aside.csv (image_id, label, path) and OUT_DIR/images/: a link per image at
     images/<image_id><suffix> and images/labels.csv (path, label)."""
     aside = set_aside_images(kept, per_label, seed)
-    with atomic_path(out_dir, directory=True) as tmp:
-        images = tmp / "images"
+    out_dir = Path(out_dir)
+    # images/ and the table are written one after the other (Snakemake creates the folder
+    # of a declared output before the job, so out_dir itself is never empty)
+    with atomic_path(out_dir / "images", directory=True) as images:
         links = []
         for image_id, path in zip(aside["image_id"], aside["path"], strict=True):
             link = Path(f"{image_id}{Path(path).suffix}")
@@ -68,5 +70,5 @@ def write_set_aside(kept: pd.DataFrame, per_label: int, seed: int, out_dir: Path
         pd.DataFrame({"path": links, "label": aside["label"]}).to_csv(
             images / "labels.csv", index=False
         )
-        aside[SET_ASIDE_COLUMNS].to_csv(tmp / "set_aside.csv", index=False)
+    write_csv(aside[SET_ASIDE_COLUMNS], out_dir / "set_aside.csv")
     return aside
