@@ -195,6 +195,10 @@ def cmd_folds(args) -> None:
         ):
             raise FewcellsError(f"--spec: {key} must be a whole number, not {spec[key]!r}")
     kept = _read_table(args.kept, ("image_id", "label"), "a kept.csv of dedup")
+    if spec.get("set_aside"):
+        from fewcells.predict.set_aside import without_set_aside
+
+        kept = without_set_aside(kept, spec["set_aside"], spec["seed"])
     folds, names = assign_folds(
         kept,
         spec.get("classes"),
@@ -429,6 +433,14 @@ def cmd_benchmark(args) -> None:
         )
     elif args.what == "dedup":
         result = benchmark.benchmark_dedup(n_images=args.images, threads=args.cores)
+    elif args.what == "predict":
+        from fewcells.predict.speed import benchmark_predict
+
+        result = benchmark_predict(
+            n_images=args.images if args.images != 20000 else 4096,
+            threads=args.cores,
+            repeats=max(args.repeats, 3),
+        )
     elif args.what == "stacked-sweep":
         result = benchmark.benchmark_stacked_sweep(
             sizes=args.sizes, folds=args.folds, epochs=args.epochs, threads=args.cores
@@ -446,6 +458,168 @@ def cmd_benchmark(args) -> None:
         from fewcells.atomic import write_json
 
         write_json(result, args.json)
+
+
+def cmd_set_aside(args) -> None:
+    from fewcells.predict.set_aside import write_set_aside
+
+    kept = _read_table(args.kept, ("image_id", "label", "path"), "a kept.csv of dedup")
+    aside = write_set_aside(kept, args.per_label, args.seed, args.out)
+    print(
+        f"set-aside: {len(aside)} images ({args.per_label} per label) in {args.out}",
+        file=sys.stderr,
+    )
+
+
+def _config_entry(args) -> tuple[dict, dict]:
+    """(validated config, predict entry) of `fewcells predict/export --configfile`."""
+    import yaml
+
+    from fewcells.config import validate_config
+
+    config = yaml.safe_load(args.configfile.read_text())
+    if args.results is not None:
+        config["results"] = str(args.results)
+    if args.experiment is None:
+        raise FewcellsError("--configfile needs --experiment")
+    images = args.images
+    if images is None:
+        images = {"kind": "folder", "source": {"path": str(args.out)}}  # checked below
+    elif not isinstance(images, dict):
+        images = {"kind": "folder", "source": {"path": str(images)}}
+    entry = {
+        "name": args.name or "cli",
+        "experiment": args.experiment,
+        "size": args.size,
+        "networks": "all" if args.networks == "all" else int(args.networks),
+        "images": images,
+    }
+    config["predict"] = [entry]
+    config = validate_config(config)
+    return config, config["predict"][0]
+
+
+def _images_argument(text: str) -> dict | str:
+    """--images: a JSON object (a data set entry) or a folder of images."""
+    return _json_object(text) if text.lstrip().startswith("{") else text
+
+
+def cmd_predict(args) -> None:
+    from fewcells.predict.predict import run_prediction
+
+    if args.configfile is not None:
+        from fewcells.predict.entries import entry_classes, entry_train_dirs
+
+        if args.images is None:
+            raise FewcellsError("--images: give a folder of images or a data set entry (JSON)")
+        config, entry = _config_entry(args)
+        experiment = config["experiments"][entry["experiment"]]
+        explain = experiment["explain"]
+        options = {
+            "train_dirs": entry_train_dirs(config, entry),
+            "classes_json": Path(config["results"], entry["experiment"], "folds", "classes.json"),
+            "images": entry["images"],
+            "fit": experiment["image"]["fit"],
+            "rescale": args.rescale or entry["rescale"],
+            "classes": entry_classes(config, entry),
+            "experiment": entry["experiment"],
+            "name": entry["name"],
+            "explain_settings": {k: explain[k] for k in ("composite", "epsilon", "gamma")},
+        }
+    else:
+        missing = [
+            flag
+            for flag, value in (
+                ("--train-dirs", args.train_dirs),
+                ("--classes", args.classes),
+                ("--images", args.images),
+            )
+            if not value
+        ]
+        if missing:
+            raise FewcellsError(f"give --configfile, or {', '.join(missing)}")
+        options = {
+            "train_dirs": args.train_dirs,
+            "classes_json": args.classes,
+            "images": args.images
+            if isinstance(args.images, dict)
+            else {"kind": "folder", "source": {"path": args.images}},
+            "fit": args.fit,
+            "rescale": args.rescale or 1.0,
+            "classes": args.classes_map,
+            "experiment": args.experiment or "",
+            "name": args.name or "",
+            "explain_settings": args.explain,
+        }
+    predictions = run_prediction(
+        **options,
+        out_dir=args.out,
+        sheet_images=args.sheet_images,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        dpi=args.dpi,
+    )
+    counts = predictions.groupby("size")["predicted"].value_counts().sort_index()
+    print(
+        f"predict: {predictions['image_id'].nunique()} images -> {args.out}/predictions.csv; "
+        + ", ".join(f"n={s} {c}: {k}" for (s, c), k in counts.items()),
+        file=sys.stderr,
+    )
+
+
+def cmd_export(args) -> None:
+    from fewcells.predict.export import export_networks
+
+    if args.configfile is not None:
+        from fewcells.predict.entries import entry_train_dirs
+
+        args.images = None
+        config, entry = _config_entry(args)
+        experiment = config["experiments"][entry["experiment"]]
+        dataset = experiment["dataset"]
+        options = {
+            "train_dirs": entry_train_dirs(config, entry),
+            "classes_json": Path(config["results"], entry["experiment"], "folds", "classes.json"),
+            "experiment": entry["experiment"],
+            "fit": experiment["image"]["fit"],
+            "dataset": dataset,
+            "manifest": Path(config["results"], "datasets", dataset, "manifest.csv"),
+        }
+    else:
+        if not args.train_dirs or not args.classes:
+            raise FewcellsError("give --configfile, or --train-dirs and --classes")
+        options = {
+            "train_dirs": args.train_dirs,
+            "classes_json": args.classes,
+            "experiment": args.experiment or "",
+            "fit": args.fit,
+            "dataset": args.dataset or "",
+            "manifest": args.manifest,
+        }
+    card = export_networks(**options, out_dir=args.out)
+    print(
+        f"export: {len(card['training_data']['networks'])} network(s) -> {args.out}/"
+        "{model.pt, model.onnx, model_card.json}",
+        file=sys.stderr,
+    )
+
+
+def _add_use_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments `predict` and `export` share: the config way and the explicit way."""
+    p.add_argument("--configfile", type=Path, help="a fewcells config: the networks from it")
+    p.add_argument("--results", type=Path, help="with --configfile: its results folder")
+    p.add_argument("--experiment", help="the experiment (with --configfile: whose networks)")
+    p.add_argument(
+        "--size", type=int, help="with --configfile: training size (default: the largest)"
+    )
+    p.add_argument(
+        "--networks", default="all", help="with --configfile: all (ensemble) or a fold number"
+    )
+    p.add_argument("--name", help="name shown in the outputs")
+    p.add_argument("--train-dirs", nargs="+", help="training folders .../n<size>/fold<k>[_rep<r>]")
+    p.add_argument("--classes", type=Path, help="the experiment's classes.json")
+    p.add_argument("--fit", choices=["pad", "resize"], default="pad", help="the image.fit")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
 
 
 def _add_network_arguments(p: argparse.ArgumentParser) -> None:
@@ -753,10 +927,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", type=Path, help="the results folder (config key results)")
     p.set_defaults(func=cmd_unlock)
 
+    p = sub.add_parser("set-aside", help="set images aside before the folds (folds.set_aside)")
+    p.add_argument("kept", type=Path, help="the kept.csv of dedup (image_id, label, path)")
+    p.add_argument("--per-label", type=_positive_int, required=True, help="images per label")
+    p.add_argument("--seed", type=int, default=0, help="folds.seed")
+    p.add_argument("--out", type=Path, required=True, help="folder: set_aside.csv, images/")
+    p.set_defaults(func=cmd_set_aside)
+
+    p = sub.add_parser("predict", help="classify images with trained networks (and validate)")
+    _add_use_arguments(p)
+    p.add_argument(
+        "--images",
+        type=_images_argument,
+        help="a folder of images, or a data set entry (JSON: kind, source, on_bad_image, ...)",
+    )
+    p.add_argument("--rescale", type=float, help="scale factor before image.fit (pixel size)")
+    p.add_argument("--classes-map", type=_json, help="JSON list of {name, labels}: label mapping")
+    p.add_argument("--explain", type=_json_object, default={}, help="LRP settings (JSON)")
+    p.add_argument("--sheet-images", type=_positive_int, default=4, help="per contact-sheet group")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch")
+    p.add_argument("--threads", type=_positive_int, default=1, help="CPU threads")
+    p.add_argument("--dpi", type=int, default=150, help="figure resolution")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write networks as TorchScript, ONNX and a model card")
+    _add_use_arguments(p)
+    p.add_argument("--dataset", help="training data set name (for the model card)")
+    p.add_argument("--manifest", type=Path, help="its manifest.csv (sha256 in the model card)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("benchmark", help="print speed and memory numbers (see fewcells.benchmark)")
     p.add_argument(
         "what",
-        choices=["training", "workflow", "dedup", "sweep", "stacked-sweep"],
+        choices=["training", "workflow", "dedup", "sweep", "stacked-sweep", "predict"],
         help="what to measure",
     )
     p.add_argument("--cores", type=int, default=None, help="default: all cores")

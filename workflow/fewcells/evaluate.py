@@ -99,6 +99,12 @@ def _youden(y_true: np.ndarray, score: np.ndarray) -> tuple[float, float, float]
     return float(thresholds[best]), float(tpr[best]), float(1.0 - fpr[best])
 
 
+def youden(y_true: np.ndarray, score: np.ndarray) -> tuple[float, float, float]:
+    """The Youden threshold of `score` for the 0/1 truth `y_true` and its sensitivity and
+    specificity (predicted positive: score >= threshold); e.g. chosen on validation images."""
+    return _youden(np.asarray(y_true), np.asarray(score, dtype=float))
+
+
 def binary_metrics(pred: pd.DataFrame, positive_class: str) -> pd.DataFrame:
     """Per network (size, fold, replicate) test metrics of a two-class predictions table.
 

@@ -27,6 +27,11 @@ from fewcells.config import (
 )
 from fewcells.errors import FewcellsError
 from fewcells.fetch import source_listing
+from fewcells.predict.entries import (
+    entry_classes,
+    entry_train_dirs,
+    set_aside_dependency,
+)
 from fewcells import runlock
 
 try:
@@ -169,6 +174,7 @@ wildcard_constraints:
     fold=r"\d+",
     run=r"fold\d+(_rep\d+)?",
     comparison=r"[A-Za-z0-9_-]+",
+    name=r"[A-Za-z0-9_-]+",
 
 
 # train.engine: per_fold experiments train in rule train, one job per (size, fold); the
@@ -371,7 +377,60 @@ def all_targets():
         ]
     for name in ENSEMBLES:
         targets += [f"{RESULTS}/comparisons/{name}/{file}" for file in ENSEMBLE_FILES]
+    for experiment in CONFIG["run"]:
+        if CONFIG["experiments"][experiment]["folds"]["set_aside"]:
+            targets.append(f"{RESULTS}/{experiment}/set_aside/set_aside.csv")
+    for entry in CONFIG["predict"]:
+        targets += [
+            f"{RESULTS}/{entry['experiment']}/predict/{entry['name']}/{file}"
+            for file in PREDICT_FILES
+        ]
     return targets
+
+
+PREDICT_FILES = (
+    "predictions.csv",
+    "contact_sheet.png",
+    "external_metrics.csv",
+    "external.md",
+    "external_confusion.png",
+)
+PREDICT_ENTRIES = {(e["experiment"], e["name"]): e for e in CONFIG["predict"]}
+
+
+def predict_entry(wildcards):
+    return PREDICT_ENTRIES[(wildcards.experiment, wildcards.name)]
+
+
+def predict_inputs(wildcards):
+    """The networks of a predict entry (and their test predictions, for the internal
+    numbers and validation thresholds), the classes, and a set-aside table it reads."""
+    entry = predict_entry(wildcards)
+    dirs = entry_train_dirs(CONFIG, entry)
+    return {
+        "classes": f"{RESULTS}/{wildcards.experiment}/folds/classes.json",
+        "models": [f"{d}/model.ckpt" for d in dirs],
+        "predictions": [f"{d}/predictions.csv" for d in dirs],
+        "set_aside": set_aside_dependency(CONFIG, entry),
+    }
+
+
+def predict_listing(entry):
+    """The file listing of a predict entry's folder (reruns it when files change); none for
+    a set-aside folder of this run, whose set_aside.csv is an input."""
+    if set_aside_dependency(CONFIG, entry):
+        return ""
+    return source_listing(entry["images"])
+
+
+def predict_output(name, label):
+    return report(
+        f"{RESULTS}/{{experiment}}/predict/{{name}}/{name}",
+        caption="../report/predict.rst",
+        category="{experiment}",
+        subcategory="Prediction {name}",
+        labels={"experiment": "{experiment}", "prediction": "{name}", "figure": label},
+    )
 
 
 def ensemble_inputs(wildcards):
