@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from fewcells.augment import BatchAugment, _rotation_matrix, rotate_batch
-from fewcells.paper_stem import load_kernel
+from fewcells.training.augment import BatchAugment, _rotation_matrix, rotate_batch
+from fewcells.training.kernels.loader import load_kernel
 
 
 def seeded(seed: int = 0) -> torch.Generator:

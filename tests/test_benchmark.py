@@ -15,10 +15,10 @@ from fewcells.benchmark import (
     write_dedup_images,
     write_synthetic_experiment,
 )
-from fewcells.dedup import DedupSettings, find_duplicates
+from fewcells.data.dedup import DedupSettings, find_duplicates
+from fewcells.data.manifest import build_manifest
 from fewcells.errors import FewcellsError
-from fewcells.manifest import build_manifest
-from fewcells.train import run_training
+from fewcells.training.train import run_training
 
 
 @pytest.fixture(scope="module")

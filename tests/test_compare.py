@@ -12,7 +12,12 @@ import pytest
 import yaml
 from scipy import stats
 
-from fewcells.compare import common_pairs, compare_experiments, read_metrics, wilcoxon_table
+from fewcells.analysis.compare import (
+    common_pairs,
+    compare_experiments,
+    read_metrics,
+    wilcoxon_table,
+)
 from fewcells.config import compare_metric, validate_config
 from fewcells.errors import FewcellsError
 

@@ -1,5 +1,6 @@
-"""Tests of fewcells.evaluate: metrics against scikit-learn, ROC averaging, the learning-curve
-fit on synthetic data, summaries, and the end-to-end driver on synthetic job outputs."""
+"""Tests of fewcells.analysis.evaluate: metrics against scikit-learn, ROC averaging, the
+learning-curve fit on synthetic data, summaries, and the end-to-end driver on synthetic job
+outputs."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from fewcells import evaluate
+from fewcells.analysis import evaluate
 from fewcells.errors import FewcellsError
 
 BINARY = ["healthy", "blast"]
@@ -148,7 +149,7 @@ def test_binary_metrics_positive_class_picks_its_column_and_target():
 def test_one_class_fold_gives_nan_auc_and_logs(caplog):
     pred = make_predictions(BINARY, sizes=(10,), folds=2)
     pred = pred[~((pred["fold"] == 1) & (pred["split"] == "test") & (pred["target"] == 1))]
-    with caplog.at_level(logging.WARNING, logger="fewcells.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="fewcells.analysis.evaluate"):
         metrics = evaluate.binary_metrics(pred, "blast").set_index("fold")
     assert np.isfinite(metrics.loc[0, "roc_auc"])
     assert np.isnan(metrics.loc[1, "roc_auc"])

@@ -1,4 +1,4 @@
-"""Tests of fewcells.plots: every figure function returns a Figure with labelled axes and
+"""Tests of fewcells.analysis.plots: every figure function returns a Figure with labelled axes and
 shows what it promises (best epochs, AUC legend, paper marker, fit annotation, cell text)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from fewcells import evaluate, plots
+from fewcells.analysis import evaluate, plots
 
 CLASSES = ["healthy", "blast"]
 SIZES = (10, 20, 40, 80, 160)
@@ -123,7 +123,7 @@ def test_confusion_matrix_cells_show_percent_and_count():
 
 
 def test_relevance_shares_has_one_panel_per_composite_with_area_reference():
-    from fewcells import plots_explain
+    from fewcells.explain import plots as plots_explain
 
     rows = [
         {

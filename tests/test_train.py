@@ -8,11 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from fewcells import train
 from fewcells.cli import main
 from fewcells.errors import FewcellsError
-from fewcells.model import MIN_IMAGE_SIZE, build_model
-from fewcells.train import (
+from fewcells.training import train
+from fewcells.training.kernels import loader
+from fewcells.training.models import MIN_IMAGE_SIZE, build_model
+from fewcells.training.train import (
     DEFAULT_TRAIN_CONFIG,
     CellClassifier,
     CellDataModule,
@@ -306,7 +307,7 @@ def test_cpu_kernels_are_built_only_for_training_on_the_cpu(
 ):
     built = []
     monkeypatch.setattr(train.torch.cuda, "is_available", lambda: gpu_visible)
-    monkeypatch.setattr(train, "load_kernel", lambda: built.append(True))
+    monkeypatch.setattr(loader, "load_kernel", lambda: built.append(True))
     module = CellClassifier(MODEL_CFG, 2, IMAGE_SIZE, train_config({"accelerator": accelerator}))
     assert bool(built) == builds
     assert module.model.fused_cpu_kernel  # still used wherever an input is on the CPU

@@ -16,8 +16,8 @@ from test_train import CLASSES, IMAGE_SIZE, make_store
 
 from fewcells.config import pretrain_protocol, train_protocol, training_model, validate_config
 from fewcells.errors import FewcellsError
-from fewcells.pretrain import pretrain_split, run_pretraining
-from fewcells.train import (
+from fewcells.training.pretrain import pretrain_split, run_pretraining
+from fewcells.training.train import (
     BATCHNORM_TYPES,
     FINETUNE_PHASE,
     CellClassifier,
@@ -344,7 +344,7 @@ def test_the_phases_need_no_pretrained_network_to_be_chosen():
 
 
 def test_evaluation_keeps_the_phase_column(tmp_path):
-    from fewcells.evaluate import read_histories
+    from fewcells.analysis.evaluate import read_histories
 
     row = {"fold": 0, "size": 6, "train_loss": 0.5, "val_loss": 0.6, "val_accuracy": 0.5}
     plain = pd.DataFrame([{**row, "epoch": e, "lr": 1e-3} for e in (1, 2)])

@@ -156,11 +156,11 @@ def regression_case(data_root: Path, work: Path) -> tuple[pd.DataFrame, pd.DataF
     """Build the all_binary store from DATA_ROOT/ALL_IDB2 in WORK and train the case."""
     from fewcells.atomic import write_csv, write_json
     from fewcells.config import train_protocol, training_model, validate_config
-    from fewcells.dedup import DedupSettings, find_duplicates
-    from fewcells.folds import assign_folds
-    from fewcells.manifest import build_manifest
-    from fewcells.store import build_store
-    from fewcells.train import run_training
+    from fewcells.data.dedup import DedupSettings, find_duplicates
+    from fewcells.data.folds import assign_folds
+    from fewcells.data.manifest import build_manifest
+    from fewcells.data.store import build_store
+    from fewcells.training.train import run_training
 
     config = validate_config(yaml.safe_load((REPO / "config" / "all_binary.yaml").read_text()))
     experiment = config["experiments"]["all_binary"]

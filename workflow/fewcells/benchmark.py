@@ -36,11 +36,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from fewcells.augment import BatchAugment
+from fewcells.data.folds import assign_folds, training_set
 from fewcells.errors import FewcellsError
-from fewcells.folds import assign_folds, training_set
-from fewcells.model import build_model, to_model_input
-from fewcells.train import EVAL_BATCH_SIZE, OPTIMIZERS, run_training, train_config
+from fewcells.training.augment import BatchAugment
+from fewcells.training.models import build_model, to_model_input
+from fewcells.training.train import EVAL_BATCH_SIZE, OPTIMIZERS, run_training, train_config
 
 
 def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
@@ -183,7 +183,7 @@ def stacked_path(
 ) -> dict:
     """A stacked engine's job: `folds` x `sizes` networks trained at once for `epochs` epochs
     each (patience = epochs: no early stopping)."""
-    from fewcells.stacked import run_stacked_training
+    from fewcells.training.stacked import run_stacked_training
 
     train_cfg = {"max_epochs": epochs, "patience": epochs, "threads": threads}
     infos = run_stacked_training(

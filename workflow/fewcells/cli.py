@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from fewcells.config import STACKED_ENGINES
+from fewcells.data.manifest import KINDS
 from fewcells.errors import FewcellsError
-from fewcells.manifest import KINDS
 
 FOLDS_SPEC_KEYS = ("k", "n_val", "seed")  # required; test_size, classes, sizes optional
 
@@ -82,7 +82,7 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_demo(args) -> None:
-    from fewcells.demo import generate_demo
+    from fewcells.data.demo import generate_demo
 
     labels = generate_demo(args.out, seed=args.seed, n_per_class=args.n_per_class)
     print(f"demo: {len(labels)} images written to {args.out}", file=sys.stderr)
@@ -90,8 +90,8 @@ def cmd_demo(args) -> None:
 
 def cmd_fetch(args) -> None:
     from fewcells.atomic import write_json
-    from fewcells.demo import generate_demo
-    from fewcells.fetch import fetch
+    from fewcells.data.demo import generate_demo
+    from fewcells.data.fetch import fetch
 
     dataset = args.dataset
     if not isinstance(dataset, dict) or "kind" not in dataset:
@@ -111,7 +111,7 @@ def cmd_fetch(args) -> None:
 
 
 def cmd_manifest(args) -> None:
-    from fewcells.manifest import build_manifest, write_manifest
+    from fewcells.data.manifest import build_manifest, write_manifest
 
     source = _read_json_object(args.source_json, ("root",), "a fetch source.json")
     root = Path(source["root"])
@@ -134,8 +134,8 @@ def cmd_manifest(args) -> None:
 
 def cmd_dedup(args) -> None:
     from fewcells.atomic import write_csv, write_json
-    from fewcells.dedup import DedupSettings, find_duplicates
-    from fewcells.manifest import build_manifest, read_manifest
+    from fewcells.data.dedup import DedupSettings, find_duplicates
+    from fewcells.data.manifest import build_manifest, read_manifest
 
     settings = DedupSettings.from_config(args.settings)
     if args.out.exists() and not args.out.is_dir():
@@ -180,7 +180,7 @@ def cmd_dedup(args) -> None:
 
 def cmd_folds(args) -> None:
     from fewcells.atomic import write_csv, write_json
-    from fewcells.folds import assign_folds
+    from fewcells.data.folds import assign_folds
 
     spec = args.spec
     missing = [key for key in FOLDS_SPEC_KEYS if key not in spec]
@@ -216,7 +216,7 @@ def cmd_folds(args) -> None:
 
 
 def cmd_store(args) -> None:
-    from fewcells.store import build_store
+    from fewcells.data.store import build_store
 
     kept = _read_table(args.kept, ("image_id", "path", "label"), "a kept.csv of dedup")
     build_store(kept, args.out, args.image_size, args.fit)
@@ -226,7 +226,7 @@ def cmd_store(args) -> None:
 def _train_fold(args, fold: int, size: int, out: Path, replicate: int = 0) -> None:
     """One (training size, fold, replicate) training of `train` or `train-folds`, written to
     OUT."""
-    from fewcells.train import run_training
+    from fewcells.training.train import run_training
 
     info = run_training(
         args.store,
@@ -253,7 +253,7 @@ def cmd_train(args) -> None:
 
 def cmd_train_folds(args) -> None:
     from fewcells.config import run_name
-    from fewcells.runtime import release_freed_memory
+    from fewcells.training.memory import release_freed_memory
 
     for size in args.sizes:
         for fold in args.fold_ids:
@@ -264,7 +264,7 @@ def cmd_train_folds(args) -> None:
 
 
 def cmd_train_stacked(args) -> None:
-    from fewcells.stacked import run_stacked_training
+    from fewcells.training.stacked import run_stacked_training
 
     infos = run_stacked_training(
         args.store,
@@ -283,7 +283,7 @@ def cmd_train_stacked(args) -> None:
 
 
 def cmd_pretrain(args) -> None:
-    from fewcells.pretrain import run_pretraining
+    from fewcells.training.pretrain import run_pretraining
 
     run_pretraining(
         args.store,
@@ -299,7 +299,7 @@ def cmd_pretrain(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from fewcells.evaluate import evaluate_experiment
+    from fewcells.analysis.evaluate import evaluate_experiment
 
     train_dirs = sorted(args.train_dirs)
     evaluate_experiment(
@@ -315,7 +315,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_compare(args) -> None:
-    from fewcells.compare import compare_experiments
+    from fewcells.analysis.compare import compare_experiments
 
     compare_experiments(
         args.metrics, args.names, args.metric, args.out, title=args.title, dpi=args.dpi
@@ -323,7 +323,7 @@ def cmd_compare(args) -> None:
 
 
 def cmd_ensemble(args) -> None:
-    from fewcells.ensemble import ensemble_experiments
+    from fewcells.analysis.ensemble import ensemble_experiments
 
     members = {}
     for name, *files in args.member:
@@ -338,7 +338,7 @@ def cmd_ensemble(args) -> None:
 
 
 def cmd_merged(args) -> None:
-    from fewcells.merged import evaluate_merged
+    from fewcells.analysis.merged_classes import evaluate_merged
 
     evaluate_merged(
         [d / "predictions.csv" for d in sorted(args.train_dirs)],
@@ -354,7 +354,7 @@ def cmd_merged(args) -> None:
 def cmd_explain(args) -> None:
     import torch
 
-    from fewcells.explain import explain_fold
+    from fewcells.explain.relevance import explain_fold
 
     torch.set_num_threads(args.threads)
     summary = explain_fold(
@@ -374,7 +374,7 @@ def cmd_explain(args) -> None:
 
 
 def cmd_tsne(args) -> None:
-    from fewcells.embedding import tsne_fold
+    from fewcells.explain.tsne import tsne_fold
 
     files = {
         size: args.train_root / f"n{size}" / f"fold{args.fold}" / "embeddings.npz"

@@ -379,7 +379,7 @@ def _check_classes(key: str, experiment: dict) -> None:
 
 def _demo_class_counts(experiment: dict, dataset: dict) -> dict[str, int]:
     """Images per class of a demo data set (after deduplication), by experiment class."""
-    from fewcells.demo import DEMO_CLASSES
+    from fewcells.data.demo import DEMO_CLASSES
 
     n_per_class = dataset["demo"]["n_per_class"]
     per_label = {label: n_per_class for label in DEMO_CLASSES}
@@ -494,7 +494,7 @@ def training_runs(experiment: dict, size: int) -> list[str]:
 
 def explain_sizes(experiment: dict) -> list[int]:
     """Sizes explained: `explain.sizes`, or up to four spread over `folds.sizes`."""
-    from fewcells.plots import spread_sizes
+    from fewcells.analysis.plots import spread_sizes
 
     return sorted(experiment["explain"]["sizes"] or spread_sizes(experiment["folds"]["sizes"], 4))
 
@@ -506,7 +506,7 @@ def explain_folds(experiment: dict) -> list[int]:
 
 def tsne_sizes(experiment: dict) -> list[int]:
     """Sizes in the tSNE figure: `tsne.sizes`, or up to three spread over `folds.sizes`."""
-    from fewcells.plots import spread_sizes
+    from fewcells.analysis.plots import spread_sizes
 
     return sorted(experiment["tsne"]["sizes"] or spread_sizes(experiment["folds"]["sizes"], 3))
 

@@ -26,7 +26,7 @@ from fewcells.config import (
     validate_config,
 )
 from fewcells.errors import FewcellsError
-from fewcells.fetch import source_listing
+from fewcells.data.fetch import source_listing
 from fewcells import runlock
 
 try:
@@ -119,19 +119,20 @@ PACKAGE = Path(workflow.basedir) / "workflow" / "fewcells"
 TRAINING_CODE = [
     str(PACKAGE / name)
     for name in (
-        "model.py",
-        "augment.py",
-        "train.py",
-        "stacked.py",
-        "paper_stem.py",
-        "kernels/kernels.h",
-        "kernels/simd.h",
-        "kernels/module.cpp",
-        "kernels/paper_stem.cpp",
-        "kernels/rotate.cpp",
+        "training/models.py",
+        "training/augment.py",
+        "training/train.py",
+        "training/stacked.py",
+        "training/kernels/loader.py",
+        "training/kernels/paper_stem.py",
+        "training/kernels/kernels.h",
+        "training/kernels/simd.h",
+        "training/kernels/module.cpp",
+        "training/kernels/paper_stem.cpp",
+        "training/kernels/rotate.cpp",
     )
 ]
-PRETRAINING_CODE = TRAINING_CODE + [str(PACKAGE / "pretrain.py")]
+PRETRAINING_CODE = TRAINING_CODE + [str(PACKAGE / "training/pretrain.py")]
 
 
 def is_binary(experiment):

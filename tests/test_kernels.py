@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from test_train import IMAGE_SIZE, MODEL_CFG, make_store
 
-from fewcells import augment, paper_stem, train
-from fewcells.model import PaperCNN
-from fewcells.train import run_training
+from fewcells.training.kernels import loader, paper_stem
+from fewcells.training.models import PaperCNN
+from fewcells.training.train import run_training
 
 pytestmark = pytest.mark.skipif(
     shutil.which("c++") is None and shutil.which("g++") is None,
@@ -21,7 +21,7 @@ PARAMETER_SHAPES = [(4, 3, 3, 3), (4,), (8, 4, 3, 3), (8,), (8, 8, 3, 3), (8,)]
 
 @pytest.fixture(scope="module")
 def kernel():
-    module, how = paper_stem.load_kernel()
+    module, how = loader.load_kernel()
     assert module is not None, how
     return module
 
@@ -142,7 +142,7 @@ def both_ways(kernel, tmp_path_factory):
 
 def test_training_with_the_kernel_gives_pytorchs_results(both_ways):
     root, infos = both_ways
-    assert infos[True]["cpu_kernel"] == paper_stem.load_kernel()[1]
+    assert infos[True]["cpu_kernel"] == loader.load_kernel()[1]
     assert infos[False]["cpu_kernel"] == "pytorch"
     fused, plain = (pd.read_csv(root / f"fused_{f}" / "history.csv") for f in (True, False))
     for column in ("train_loss", "val_loss"):
@@ -155,9 +155,7 @@ def test_training_with_the_kernel_gives_pytorchs_results(both_ways):
 
 
 def test_training_falls_back_to_pytorch_where_the_kernel_cannot_be_built(tmp_path, monkeypatch):
-    monkeypatch.setattr(paper_stem, "load_kernel", lambda: (None, "unavailable (no compiler)"))
-    monkeypatch.setattr(train, "load_kernel", paper_stem.load_kernel)
-    monkeypatch.setattr(augment, "load_kernel", paper_stem.load_kernel)
+    monkeypatch.setattr(loader, "load_kernel", lambda: (None, "unavailable (no compiler)"))
     dataset = make_store(tmp_path / "data")
     info = run_training(
         *dataset, 0, 8, {"max_epochs": 1}, MODEL_CFG, tmp_path / "job", image_size=IMAGE_SIZE
@@ -166,23 +164,23 @@ def test_training_falls_back_to_pytorch_where_the_kernel_cannot_be_built(tmp_pat
 
 
 def test_a_build_that_fails_is_reported_not_raised(monkeypatch, tmp_path):
-    paper_stem.load_kernel.cache_clear()
+    loader.load_kernel.cache_clear()
     try:
         monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
-        monkeypatch.setattr(paper_stem, "SOURCES", [tmp_path / "broken.cpp"])
+        monkeypatch.setattr(loader, "SOURCES", [tmp_path / "broken.cpp"])
         (tmp_path / "broken.cpp").write_text("this is not C++\n")
-        module, how = paper_stem.load_kernel()
+        module, how = loader.load_kernel()
         assert module is None and how.startswith("unavailable (")
         assert [p.name for p in tmp_path.glob("fewcells_paper_stem_*") if p.is_dir()]
     finally:
-        paper_stem.load_kernel.cache_clear()
+        loader.load_kernel.cache_clear()
 
 
 def test_no_compiler_is_reported_by_name(monkeypatch, tmp_path):
-    paper_stem.load_kernel.cache_clear()
+    loader.load_kernel.cache_clear()
     try:
         monkeypatch.setenv("CXX", str(tmp_path / "no-such-c++"))
-        module, how = paper_stem.load_kernel()
+        module, how = loader.load_kernel()
         assert module is None and "no C++ compiler" in how and "no-such-c++" in how
     finally:
-        paper_stem.load_kernel.cache_clear()
+        loader.load_kernel.cache_clear()

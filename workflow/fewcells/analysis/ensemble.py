@@ -5,7 +5,7 @@ test image are the mean of the members' probabilities (soft voting). The ensembl
 members are scored with the same functions as an experiment's evaluation
 (`evaluate.binary_metrics` / `evaluate.multiclass_metrics`) on the same test images, and
 per size the ensemble is tested against the member with the best mean score with the
-paired Wilcoxon signed-rank test of `fewcells.compare`.
+paired Wilcoxon signed-rank test of `fewcells.analysis.compare`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fewcells.atomic import write_csv, write_png, write_text
-from fewcells.compare import comparison_figure, wilcoxon_table
-from fewcells.errors import FewcellsError
-from fewcells.evaluate import (
+from fewcells.analysis.compare import comparison_figure, wilcoxon_table
+from fewcells.analysis.evaluate import (
     PREDICTION_COLUMNS,
     binary_metrics,
     multiclass_metrics,
@@ -29,8 +27,10 @@ from fewcells.evaluate import (
     read_predictions,
     summarize,
 )
+from fewcells.analysis.plots import METRIC_LABELS
+from fewcells.atomic import write_csv, write_png, write_text
+from fewcells.errors import FewcellsError
 from fewcells.metric_names import MAIN_METRIC, SCORES
-from fewcells.plots import METRIC_LABELS
 
 ENSEMBLE = "ensemble"
 
@@ -113,7 +113,7 @@ def model_summary(metrics: pd.DataFrame, task: str) -> pd.DataFrame:
 
 
 def _scores(metrics: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The long table of fewcells.compare: experiment, size, fold, score."""
+    """The long table of fewcells.analysis.compare: experiment, size, fold, score."""
     return pd.DataFrame(
         {
             "experiment": metrics["model"],

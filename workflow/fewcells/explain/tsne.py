@@ -97,8 +97,8 @@ def tsne_fold(
 ) -> pd.DataFrame:
     """tSNE per training size of one fold; writes tsne_coordinates.csv, separation.csv,
     tsne.png and separation.png to out_dir and returns the separation table."""
-    from fewcells import plots_explain
-    from fewcells.train import read_class_names
+    from fewcells.explain import plots as plots_explain
+    from fewcells.training.train import read_class_names
 
     class_names = read_class_names(classes_json)
     out_dir = Path(out_dir)

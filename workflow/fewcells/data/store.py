@@ -13,8 +13,8 @@ import pandas as pd
 from PIL import Image
 
 from fewcells.atomic import atomic_path
+from fewcells.data.manifest import load_rgb
 from fewcells.errors import FewcellsError
-from fewcells.manifest import load_rgb
 
 FITS = ("pad", "resize")
 # An image with a side below this share of the store's side is mostly padding (or a blurred

@@ -38,7 +38,7 @@ from zennit.types import Convolution
 
 from fewcells.atomic import write_csv, write_png
 from fewcells.errors import FewcellsError
-from fewcells.model import TorchvisionNet, to_model_input
+from fewcells.training.models import TorchvisionNet, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def find_mask(masks_dir: Path, image_id: str) -> Path:
 
 def fit_mask(mask: np.ndarray, size: int, fit: str) -> np.ndarray:
     """A bool mask brought to the store's (size, size) the way `store.fit_image` fits images."""
-    from fewcells.store import fit_image
+    from fewcells.data.store import fit_image
 
     if fit == "resize":
         resized = Image.fromarray(mask.astype(np.uint8) * 255).resize(
@@ -284,7 +284,7 @@ def region_shares(relevance: np.ndarray, masks: dict) -> dict[str, float]:
 
 
 def _load_network(path: Path) -> torch.nn.Module:
-    from fewcells.train import CellClassifier
+    from fewcells.training.train import CellClassifier
 
     if not path.is_file():
         raise FewcellsError(f"{path}: no trained network (model.ckpt) for explain")
@@ -297,7 +297,7 @@ def _load_network(path: Path) -> torch.nn.Module:
 def fold_images(store_dir: Path, folds_csv: Path, fold: int) -> tuple[np.ndarray, pd.DataFrame]:
     """The memory-mapped store and the fold's rows (image_id, target, class_name, role,
     store_row), sorted by image_id."""
-    from fewcells.train import FOLD_COLUMNS, INDEX_COLUMNS, _read_csv
+    from fewcells.training.train import FOLD_COLUMNS, INDEX_COLUMNS, _read_csv
 
     images_path = store_dir / "images.npy"
     try:
@@ -408,8 +408,8 @@ def explain_fold(
     composite and size), relevance_shares.png and masks.csv (mask areas, Dice). Shares are
     computed for settings["share_composites"] and the drawn composite. Returns the summary.
     """
-    from fewcells import plots_explain
-    from fewcells.train import read_class_names
+    from fewcells.explain import plots as plots_explain
+    from fewcells.training.train import read_class_names
 
     settings = {**DEFAULT_SETTINGS, **settings}
     store_dir, folds_dir, out_dir = Path(store_dir), Path(folds_dir), Path(out_dir)

@@ -1,4 +1,5 @@
-"""Tests of fewcells.merged: P_group = sum of class probabilities, its ROC-AUC by hand."""
+"""Tests of fewcells.analysis.merged_classes: P_group = sum of class probabilities, its
+ROC-AUC by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from fewcells import merged
+from fewcells.analysis import merged_classes as merged
 from fewcells.errors import FewcellsError
 
 CLASSES = ["a", "b", "c"]

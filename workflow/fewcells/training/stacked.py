@@ -43,10 +43,10 @@ from torch.func import stack_module_state
 
 from fewcells.atomic import atomic_path
 from fewcells.errors import FewcellsError
-from fewcells.model import PaperCNN, to_model_input
 from fewcells.provenance import provenance
-from fewcells.runtime import keep_freed_memory, unfilled_new_memory
-from fewcells.train import (
+from fewcells.training.memory import keep_freed_memory, unfilled_new_memory
+from fewcells.training.models import PaperCNN, to_model_input
+from fewcells.training.train import (
     EVAL_BATCH_SIZE,
     OPTIMIZERS,
     CellClassifier,

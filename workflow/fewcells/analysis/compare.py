@@ -22,10 +22,10 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from scipy import stats
 
+from fewcells.analysis.evaluate import fit_learning_curve
+from fewcells.analysis.plots import METRIC_LABELS
 from fewcells.atomic import write_csv, write_png, write_text
 from fewcells.errors import FewcellsError
-from fewcells.evaluate import fit_learning_curve
-from fewcells.plots import METRIC_LABELS
 
 COMPARISON_COLUMNS = [
     "size",

@@ -23,9 +23,9 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from fewcells.atomic import atomic_path
+from fewcells.data.folds import FOLD_COLUMNS, map_classes
 from fewcells.errors import FewcellsError
-from fewcells.folds import FOLD_COLUMNS, map_classes
-from fewcells.train import (
+from fewcells.training.train import (
     INDEX_COLUMNS,
     CellClassifier,
     EpochHistory,

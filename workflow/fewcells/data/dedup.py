@@ -21,8 +21,8 @@ import pandas as pd
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from fewcells.data.manifest import load_rgb
 from fewcells.errors import FewcellsError
-from fewcells.manifest import load_rgb
 
 PAIR_COLUMNS = [
     "image_a",

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fewcells.errors import FewcellsError
-from fewcells.model import MIN_IMAGE_SIZE, PaperCNN, build_model, to_model_input
+from fewcells.training.models import MIN_IMAGE_SIZE, PaperCNN, build_model, to_model_input
 
 
 def n_parameters(module: torch.nn.Module) -> int:

@@ -34,14 +34,14 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from fewcells.atomic import atomic_path
-from fewcells.augment import BatchAugment
 from fewcells.collapse import is_collapsed, output_spread
 from fewcells.contracts import HISTORY_COLUMNS
 from fewcells.errors import FewcellsError
-from fewcells.model import PaperCNN, build_model, to_model_input
-from fewcells.paper_stem import load_kernel
 from fewcells.provenance import provenance
-from fewcells.runtime import keep_freed_memory, unfilled_new_memory
+from fewcells.training.augment import BatchAugment
+from fewcells.training.kernels import loader
+from fewcells.training.memory import keep_freed_memory, unfilled_new_memory
+from fewcells.training.models import PaperCNN, build_model, to_model_input
 
 DEFAULT_TRAIN_CONFIG: dict = {
     "optimizer": "rmsprop",
@@ -344,7 +344,7 @@ class CellClassifier(L.LightningModule):
         self.model = build_model(model_cfg, n_classes, image_size)
         if self.train_cfg["fused_cpu_kernel"]:
             if trains_on_cpu(self.train_cfg["accelerator"]):
-                load_kernel()  # built (once per machine) now, not inside the timed fit
+                loader.load_kernel()  # built (once per machine) now, not inside the timed fit
             if isinstance(self.model, PaperCNN):
                 self.model.fused_cpu_kernel = True
         augment = self.train_cfg["augment"]
@@ -538,7 +538,7 @@ class EpochHistory(L.Callback):
 @contextlib.contextmanager
 def _lightning_session() -> Iterator[None]:
     """Quiet Lightning (info chatter; the few-workers and eval-mode warnings: num_workers=0
-    and frozen BatchNorm are deliberate), make training steps cheaper (fewcells.runtime) and
+    and frozen BatchNorm are deliberate), make training steps cheaper (fewcells.training.memory) and
     undo Lightning's process-wide deterministic-algorithms switch afterwards."""
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     levels = [logger.level for logger in loggers]
@@ -729,7 +729,7 @@ def _cpu_kernel(module: CellClassifier, device: torch.device) -> str:
     CPU kernels or PyTorch's layers."""
     if not module.train_cfg["fused_cpu_kernel"] or device.type != "cpu":
         return "pytorch"
-    kernel, how = load_kernel()
+    kernel, how = loader.load_kernel()
     return how if kernel is not None else f"pytorch: fused kernel {how}"
 
 

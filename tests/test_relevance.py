@@ -1,4 +1,4 @@
-"""Relevance maps, nucleus masks and relevance shares (fewcells.explain)."""
+"""Relevance maps, nucleus masks and relevance shares (fewcells.explain.relevance)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fewcells import explain
 from fewcells.errors import FewcellsError
-from fewcells.model import MIN_IMAGE_SIZE, PaperCNN, build_model
+from fewcells.explain import relevance as explain
+from fewcells.training.models import MIN_IMAGE_SIZE, PaperCNN, build_model
 
 
 def _network(zero_biases: bool) -> PaperCNN:

@@ -2,7 +2,7 @@
 
 A group of classes gets the probability P_group = the sum of its classes' probabilities;
 "is the image in the group" is then a two-class problem scored with the binary metrics of
-`fewcells.evaluate` (ROC-AUC, and sensitivity/specificity at P_group >= 0.5 and at the
+`fewcells.analysis.evaluate` (ROC-AUC, and sensitivity/specificity at P_group >= 0.5 and at the
 Youden threshold) per (size, fold), and its mean ROC curve per size.
 """
 
@@ -15,11 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from fewcells import plots
-from fewcells.atomic import write_csv, write_png, write_text
-from fewcells.config import check_merged_groups
-from fewcells.errors import FewcellsError
-from fewcells.evaluate import (
+from fewcells.analysis import plots
+from fewcells.analysis.evaluate import (
     PREDICTION_COLUMNS,
     binary_metrics,
     mean_roc,
@@ -28,6 +25,9 @@ from fewcells.evaluate import (
     summarize,
     with_replicate,
 )
+from fewcells.atomic import write_csv, write_png, write_text
+from fewcells.config import check_merged_groups
+from fewcells.errors import FewcellsError
 
 # Column names of the two-class table of one group (never a class name: no p_ prefix clash).
 IN_GROUP, OUTSIDE = "in_group", "outside_group"

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewcells.paper_stem import load_kernel
+from fewcells.training.kernels import loader
 
 
 def _uniform(n: int, low: float, high: float, generator: torch.Generator | None, device):
@@ -71,7 +71,7 @@ def _kernel_resamples(images: torch.Tensor) -> bool:
         and images.shape[1] <= 4
         and images.shape[-1] >= 16
         and images.permute(0, 2, 3, 1).is_contiguous()
-        and load_kernel()[0] is not None
+        and loader.load_kernel()[0] is not None
     )
 
 
@@ -170,7 +170,7 @@ class BatchAugment(nn.Module):
                 )
                 matrix = signs[:, :, None] * matrix
             if in_kernel:
-                kernel, _ = load_kernel()
+                kernel, _ = loader.load_kernel()
                 x = kernel.resample(x.permute(0, 2, 3, 1), matrix.float().contiguous())
             else:
                 x = _resample(x, matrix, self.rotation_sampling)

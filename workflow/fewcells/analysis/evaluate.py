@@ -25,7 +25,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from fewcells import plots
+from fewcells.analysis import plots
 from fewcells.atomic import write_csv, write_json, write_png, write_text
 from fewcells.collapse import is_collapsed, output_spread
 from fewcells.contracts import HISTORY_COLUMNS

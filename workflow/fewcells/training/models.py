@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 
 from fewcells.errors import FewcellsError
-from fewcells.paper_stem import fused_applies, paper_stem
+from fewcells.training.kernels.paper_stem import fused_applies, paper_stem
 
 PAPER_FILTERS = (4, 8, 8, 8, 16, 16)
 FUSED_CONVS = (0, 3, 6)  # positions in `features` of the convolutions fewcells.paper_stem fuses

@@ -1,4 +1,4 @@
-"""tSNE of the hidden layer and class separation (fewcells.embedding)."""
+"""tSNE of the hidden layer and class separation (fewcells.explain.tsne)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fewcells import embedding
 from fewcells.errors import FewcellsError
+from fewcells.explain import tsne as embedding
 
 
 def _clusters(n_per_class: int = 20, gap: float = 6.0, seed: int = 0):

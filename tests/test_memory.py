@@ -5,16 +5,16 @@ import textwrap
 import pytest
 import torch
 
-from fewcells.runtime import unfilled_new_memory
+from fewcells.training.memory import unfilled_new_memory
 
 # Minor page faults of 20 paper-CNN training steps (channels-last, augmented, 257 px) in a
 # fresh process, after 5 warm-up steps; argv[1] == "keep" calls keep_freed_memory() first.
 STEP_FAULTS = textwrap.dedent(
     """
     import resource, sys, torch
-    from fewcells.augment import BatchAugment
-    from fewcells.model import PaperCNN
-    from fewcells.runtime import keep_freed_memory
+    from fewcells.training.augment import BatchAugment
+    from fewcells.training.models import PaperCNN
+    from fewcells.training.memory import keep_freed_memory
     torch.set_num_threads(1)
     if sys.argv[1] == "keep":
         assert keep_freed_memory()
@@ -66,7 +66,7 @@ def test_keep_freed_memory_stops_the_page_faults_of_training_steps():
 RELEASE = textwrap.dedent(
     """
     import torch
-    from fewcells.runtime import keep_freed_memory, release_freed_memory
+    from fewcells.training.memory import keep_freed_memory, release_freed_memory
     def resident_mb():
         return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
     assert keep_freed_memory()

@@ -1,0 +1,5 @@
+"""Stage 2, training: the networks (models), their augmentation, the Lightning DataModule and
+LightningModule, the training engines (one network per job, sequential, stacked) and
+pretraining for transfer learning; `kernels/` holds the compiled CPU kernels.
+
+Every file in this package is an input of the training rules: editing one retrains."""
