@@ -18,7 +18,7 @@ from fewcells.benchmark import (
 from fewcells.data.dedup import DedupSettings, find_duplicates
 from fewcells.data.manifest import build_manifest
 from fewcells.errors import FewcellsError
-from fewcells.training.train import run_training
+from fewcells.training.run import run_training
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from test_train import IMAGE_SIZE, MODEL_CFG, make_store
 
 from fewcells.training.kernels import loader, paper_stem
 from fewcells.training.models import PaperCNN
-from fewcells.training.train import run_training
+from fewcells.training.run import run_training
 
 pytestmark = pytest.mark.skipif(
     shutil.which("c++") is None and shutil.which("g++") is None,

@@ -273,7 +273,7 @@ def test_a_trained_job_checkpoint_loads_and_a_frozen_resnet_trains(tmp_path):
     """A real Lightning model.ckpt from run_training loads as weights; train.py runs resnet18."""
     from test_train import IMAGE_SIZE, make_store
 
-    from fewcells.training.train import run_training
+    from fewcells.training.run import run_training
 
     dataset = make_store(tmp_path / "data")
     train_cfg = {"max_epochs": 1, "patience": 5}

@@ -16,18 +16,13 @@ from test_train import CLASSES, IMAGE_SIZE, make_store
 
 from fewcells.config import pretrain_protocol, train_protocol, training_model, validate_config
 from fewcells.errors import FewcellsError
+from fewcells.training.callbacks import EpochHistory
+from fewcells.training.datamodule import CellDataModule
+from fewcells.training.fit import fit_best, fit_head
+from fewcells.training.module import BATCHNORM_TYPES, FINETUNE_PHASE, CellClassifier
 from fewcells.training.pretrain import pretrain_split, run_pretraining
-from fewcells.training.train import (
-    BATCHNORM_TYPES,
-    FINETUNE_PHASE,
-    CellClassifier,
-    CellDataModule,
-    EpochHistory,
-    fit_best,
-    fit_head,
-    run_training,
-    train_config,
-)
+from fewcells.training.protocol import fill_train_defaults
+from fewcells.training.run import run_training
 
 SMALL = 48  # ResNet-18 input side for the phase tests
 RESNET = {"name": "resnet18", "keep_blocks": 1}  # stem + layer1: convolutions and BatchNorm
@@ -66,7 +61,7 @@ def pretrained(dataset, tmp_path_factory):
 
 
 def resnet_module(**finetune) -> tuple[CellClassifier, dict]:
-    cfg = train_config(
+    cfg = fill_train_defaults(
         {"max_epochs": 2, "patience": 5, "lr": 0.05, "finetune": {**FINETUNE, **finetune}}
     )
     torch.manual_seed(0)

@@ -160,7 +160,7 @@ def regression_case(data_root: Path, work: Path) -> tuple[pd.DataFrame, pd.DataF
     from fewcells.data.folds import assign_folds
     from fewcells.data.manifest import build_manifest
     from fewcells.data.store import build_store
-    from fewcells.training.train import run_training
+    from fewcells.training.run import run_training
 
     config = validate_config(yaml.safe_load((REPO / "config" / "all_binary.yaml").read_text()))
     experiment = config["experiments"]["all_binary"]

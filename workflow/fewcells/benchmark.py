@@ -39,12 +39,11 @@ from PIL import Image
 from fewcells.data.folds import assign_folds, training_set
 from fewcells.errors import FewcellsError
 from fewcells.training.augment import BatchAugment
+from fewcells.training.datamodule import EVAL_BATCH_SIZE
+from fewcells.training.memory import peak_rss_mb
 from fewcells.training.models import build_model, to_model_input
-from fewcells.training.train import EVAL_BATCH_SIZE, OPTIMIZERS, run_training, train_config
-
-
-def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024
+from fewcells.training.protocol import OPTIMIZERS, fill_train_defaults
+from fewcells.training.run import run_training
 
 
 def write_synthetic_experiment(root: Path, *, n_images: int = 250, image_size: int = 257) -> None:
@@ -96,7 +95,7 @@ def plain_loop(
     val = folds[(folds["fold"] == fold) & (folds["role"] == "val")]
     train_x, val_x = (images[[rows[i] for i in part["image_id"]]] for part in (train, val))
     train_y, val_y = (torch.tensor(part["target"].to_numpy()) for part in (train, val))
-    cfg = train_config({})
+    cfg = fill_train_defaults({})
     model = build_model({"name": model_name}, 2, image_size)
     model = model.to(memory_format=torch.channels_last)
     optimizer = OPTIMIZERS[cfg["optimizer"]](model.parameters(), cfg)
@@ -238,7 +237,7 @@ def benchmark_stacked_sweep(
         "fit_seconds": round(fit, 1),
         "wall_seconds": round(wall, 1),
         "image_steps_per_s": round(image_steps / fit, 1),
-        "peak_rss_mb": round(_peak_rss_mb()),
+        "peak_rss_mb": round(peak_rss_mb()),
     }
     print(
         f"stacked_sweep engine on {result['device']}, {threads} threads: {job['networks']} paper "
@@ -354,7 +353,7 @@ def benchmark_workflow(
         "cores": cores,
         "wall_seconds": round(wall, 1),
         "peak_job_rss_mb": round(peak_job),
-        "peak_process_rss_mb": round(_peak_rss_mb(resource.RUSAGE_CHILDREN)),
+        "peak_process_rss_mb": round(peak_rss_mb(resource.RUSAGE_CHILDREN)),
     }
     print(
         f"workflow ({', '.join(p.name for p in configfiles)}) on {cores} cores: "
@@ -406,11 +405,11 @@ def benchmark_dedup(*, n_images: int = 20000, threads: int | None = None) -> dic
             sys.executable, "-m", "fewcells.cli", "dedup", str(folder), "--kind", "csv",
             "--threads", str(threads), "--out", str(Path(tmp) / "out"),
         ]  # fmt: skip
-        before = _peak_rss_mb(resource.RUSAGE_CHILDREN)
+        before = peak_rss_mb(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         subprocess.run(command, check=True)
         wall = time.perf_counter() - started
-        peak = _peak_rss_mb(resource.RUSAGE_CHILDREN)
+        peak = peak_rss_mb(resource.RUSAGE_CHILDREN)
         summary = json.loads((Path(tmp) / "out" / "dedup_summary.json").read_text())
     result = {
         "images": n_images,

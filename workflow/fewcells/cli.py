@@ -226,7 +226,7 @@ def cmd_store(args) -> None:
 def _train_fold(args, fold: int, size: int, out: Path, replicate: int = 0) -> None:
     """One (training size, fold, replicate) training of `train` or `train-folds`, written to
     OUT."""
-    from fewcells.training.train import run_training
+    from fewcells.training.run import run_training
 
     info = run_training(
         args.store,

@@ -9,8 +9,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from fewcells.contracts import MAIN_METRIC, SCORES
 from fewcells.errors import FewcellsError
-from fewcells.metric_names import MAIN_METRIC, SCORES
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 TRAIN_RESOURCE_KEYS = ("mem_mb", "runtime", "gpus", "gpu_model")

@@ -116,23 +116,31 @@ def lock_results():
 
 lock_results()
 PACKAGE = Path(workflow.basedir) / "workflow" / "fewcells"
-TRAINING_CODE = [
-    str(PACKAGE / name)
-    for name in (
-        "training/models.py",
-        "training/augment.py",
-        "training/train.py",
-        "training/stacked.py",
-        "training/kernels/loader.py",
-        "training/kernels/paper_stem.py",
-        "training/kernels/kernels.h",
-        "training/kernels/simd.h",
-        "training/kernels/module.cpp",
-        "training/kernels/paper_stem.cpp",
-        "training/kernels/rotate.cpp",
+
+
+def package_files(*folders):
+    """The Python and C++ sources under these folders of the fewcells package."""
+    return sorted(
+        str(path)
+        for folder in folders
+        for path in (PACKAGE / folder).rglob("*")
+        if path.suffix in (".py", ".cpp", ".h") and "__pycache__" not in path.parts
     )
+
+
+# Code whose edits change what a training writes, so that editing it reruns the trainings:
+# the training package and the file contracts (the columns of history.csv and
+# predictions.csv, what a collapsed network is). Pretraining also reads data/folds.py (the
+# class mapping of its split); a training does not import pretrain.py.
+PRETRAINING_CODE = package_files("training") + [
+    str(PACKAGE / "contracts.py"),
+    str(PACKAGE / "data" / "folds.py"),  # the class mapping of the pretraining split
 ]
-PRETRAINING_CODE = TRAINING_CODE + [str(PACKAGE / "training/pretrain.py")]
+TRAINING_CODE = [
+    path
+    for path in PRETRAINING_CODE
+    if Path(path).name != "pretrain.py" and Path(path).parent.name != "data"
+]
 
 
 def is_binary(experiment):

@@ -25,30 +25,8 @@ from scipy import stats
 from fewcells.analysis.evaluate import fit_learning_curve
 from fewcells.analysis.plots import METRIC_LABELS
 from fewcells.atomic import write_csv, write_png, write_text
+from fewcells.contracts import COMPARISON_COLUMNS, WILCOXON_COLUMNS
 from fewcells.errors import FewcellsError
-
-COMPARISON_COLUMNS = [
-    "size",
-    "experiment",
-    "n_folds",
-    "mean",
-    "sd",
-    "median",
-    "n_at_95_plateau",
-    "plateau",
-]
-WILCOXON_COLUMNS = [
-    "size",
-    "experiment_a",
-    "experiment_b",
-    "n_pairs",
-    "n_nonzero",
-    "mean_difference",
-    "statistic",
-    "p_value",
-    "min_possible_p",
-    "note",
-]
 
 
 def read_metrics(paths: Sequence[str | os.PathLike], names: Sequence[str], metric: str):

@@ -29,8 +29,8 @@ from fewcells.analysis.evaluate import (
 )
 from fewcells.analysis.plots import METRIC_LABELS
 from fewcells.atomic import write_csv, write_png, write_text
+from fewcells.contracts import MAIN_METRIC, SCORES
 from fewcells.errors import FewcellsError
-from fewcells.metric_names import MAIN_METRIC, SCORES
 
 ENSEMBLE = "ensemble"
 

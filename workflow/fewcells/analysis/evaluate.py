@@ -27,10 +27,15 @@ from sklearn.metrics import (
 
 from fewcells.analysis import plots
 from fewcells.atomic import write_csv, write_json, write_png, write_text
-from fewcells.collapse import is_collapsed, output_spread
-from fewcells.contracts import HISTORY_COLUMNS
+from fewcells.contracts import (
+    BINARY_METRICS,
+    HISTORY_COLUMNS,
+    MAIN_METRIC,
+    MULTICLASS_METRICS,
+    is_collapsed,
+    output_spread,
+)
 from fewcells.errors import FewcellsError
-from fewcells.metric_names import BINARY_METRICS, MAIN_METRIC, MULTICLASS_METRICS
 
 log = logging.getLogger(__name__)
 

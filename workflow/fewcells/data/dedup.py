@@ -21,24 +21,10 @@ import pandas as pd
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from fewcells.contracts import PAIR_COLUMNS
 from fewcells.data.manifest import load_rgb
 from fewcells.errors import FewcellsError
 
-PAIR_COLUMNS = [
-    "image_a",
-    "image_b",
-    "hash_distance",
-    "shift_y",
-    "shift_x",
-    "overlap",
-    "correlation",
-    "highpass_correlation",
-    "mean_abs_diff",
-    "confirmed",
-    "label_a",
-    "label_b",
-    "label_conflict",
-]
 HASHES = {
     "phash": imagehash.phash,
     "dhash": imagehash.dhash,

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from fewcells.contracts import FOLD_COLUMNS
 from fewcells.errors import FewcellsError
 
-FOLD_COLUMNS = ["fold", "image_id", "label", "target", "class_name", "role", "rank"]
 REST = "*"
 
 

@@ -28,9 +28,9 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from fewcells.atomic import write_csv
+from fewcells.contracts import MANIFEST_COLUMNS
 from fewcells.errors import FewcellsError
 
-MANIFEST_COLUMNS = ["image_id", "path", "label", "width", "height", "mode", "sha256"]
 KINDS = ("all_idb2", "pbc", "aml_tcia", "csv")
 ON_BAD_IMAGE = ("error", "skip")
 IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".jpg", ".jpeg", ".png", ".bmp"})

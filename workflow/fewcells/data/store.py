@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pandas as pd
 from PIL import Image
 
 from fewcells.atomic import atomic_path
+from fewcells.contracts import INDEX_COLUMNS, read_table
 from fewcells.data.manifest import load_rgb
 from fewcells.errors import FewcellsError
 
@@ -93,7 +95,8 @@ def build_store(kept: pd.DataFrame, out_dir: Path, image_size: int, fit: str = "
         images.flush()
         del images
         index = pd.DataFrame(
-            {"row": np.arange(len(kept)), "image_id": kept["image_id"], "label": kept["label"]}
+            {"row": np.arange(len(kept)), "image_id": kept["image_id"], "label": kept["label"]},
+            columns=INDEX_COLUMNS,
         )
         index.to_csv(tmp / "index.csv", index=False)
         info = {
@@ -115,14 +118,28 @@ def build_store(kept: pd.DataFrame, out_dir: Path, image_size: int, fit: str = "
         )
 
 
-def open_store(store_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
-    """Memory-map the images and read the index, naming the folder if either is missing."""
+def open_store(
+    store_dir: str | os.PathLike, image_size: int | None = None
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """The memory-mapped STORE/images.npy and STORE/index.csv, checked: uint8 images
+    (N, H, W, C), `image_size` px square where it is given, index rows within the images."""
     store_dir = Path(store_dir)
+    images_path = store_dir / "images.npy"
     try:
-        images = np.load(store_dir / "images.npy", mmap_mode="r")
-        index = pd.read_csv(store_dir / "index.csv")
-    except FileNotFoundError as error:
-        raise FewcellsError(f"tensor store {store_dir} is incomplete: {error}") from error
-    if len(index) != len(images):
-        raise FewcellsError(f"tensor store {store_dir}: index.csv and images.npy disagree")
+        images = np.load(images_path, mmap_mode="r")
+    except (OSError, ValueError) as error:
+        raise FewcellsError(f"{images_path}: cannot open the image store: {error}") from error
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise FewcellsError(
+            f"{images_path}: expected uint8 images (N, H, W, C), "
+            f"found {images.dtype} {images.shape}"
+        )
+    if image_size is not None and images.shape[1:3] != (image_size,) * 2:
+        raise FewcellsError(
+            f"{images_path}: images are {images.shape[1]}x{images.shape[2]} px, "
+            f"the network expects image_size {image_size}"
+        )
+    index = read_table(store_dir / "index.csv", INDEX_COLUMNS)
+    if not index["row"].between(0, len(images) - 1).all():
+        raise FewcellsError(f"{store_dir / 'index.csv'}: rows outside images.npy")
     return images, index

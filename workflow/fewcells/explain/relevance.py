@@ -37,6 +37,8 @@ from zennit.torchvision import ResNetCanonizer
 from zennit.types import Convolution
 
 from fewcells.atomic import write_csv, write_png
+from fewcells.contracts import FOLD_COLUMNS, read_classes, read_table
+from fewcells.data.store import open_store
 from fewcells.errors import FewcellsError
 from fewcells.training.models import TorchvisionNet, to_model_input
 
@@ -284,7 +286,7 @@ def region_shares(relevance: np.ndarray, masks: dict) -> dict[str, float]:
 
 
 def _load_network(path: Path) -> torch.nn.Module:
-    from fewcells.training.train import CellClassifier
+    from fewcells.training.module import CellClassifier
 
     if not path.is_file():
         raise FewcellsError(f"{path}: no trained network (model.ckpt) for explain")
@@ -297,15 +299,8 @@ def _load_network(path: Path) -> torch.nn.Module:
 def fold_images(store_dir: Path, folds_csv: Path, fold: int) -> tuple[np.ndarray, pd.DataFrame]:
     """The memory-mapped store and the fold's rows (image_id, target, class_name, role,
     store_row), sorted by image_id."""
-    from fewcells.training.train import FOLD_COLUMNS, INDEX_COLUMNS, _read_csv
-
-    images_path = store_dir / "images.npy"
-    try:
-        images = np.load(images_path, mmap_mode="r")
-    except (OSError, ValueError) as error:
-        raise FewcellsError(f"{images_path}: cannot open the image store: {error}") from error
-    index = _read_csv(store_dir / "index.csv", INDEX_COLUMNS)
-    folds = _read_csv(folds_csv, FOLD_COLUMNS)
+    images, index = open_store(store_dir)
+    folds = read_table(folds_csv, FOLD_COLUMNS)
     frame = folds[folds["fold"] == fold].sort_values("image_id", ignore_index=True)
     if frame.empty:
         raise FewcellsError(f"{folds_csv}: no rows for fold {fold}")
@@ -409,14 +404,13 @@ def explain_fold(
     computed for settings["share_composites"] and the drawn composite. Returns the summary.
     """
     from fewcells.explain import plots as plots_explain
-    from fewcells.training.train import read_class_names
 
     settings = {**DEFAULT_SETTINGS, **settings}
     store_dir, folds_dir, out_dir = Path(store_dir), Path(folds_dir), Path(out_dir)
     masks_dir = Path(masks_dir) if masks_dir else None
     if masks_dir is not None and not masks_dir.is_dir():
         raise FewcellsError(f"datasets.<name>.masks: {masks_dir} is not a folder")
-    class_names = read_class_names(folds_dir / "classes.json")
+    class_names, _ = read_classes(folds_dir / "classes.json")
     images, frame = fold_images(store_dir, folds_dir / "folds.csv", fold)
     test = frame[frame["role"] == "test"].reset_index(drop=True)
     examples = example_cells(frame, settings.get("cells"))

@@ -20,12 +20,12 @@ from sklearn.model_selection import LeaveOneOut, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier
 
 from fewcells.atomic import write_csv, write_png
+from fewcells.contracts import EMBEDDING_KEYS, read_classes
 from fewcells.errors import FewcellsError
 
 log = logging.getLogger(__name__)
 
 ROLES = ("test", "pool_unused")
-EMBEDDING_KEYS = ("image_id", "role", "target", "embedding")
 
 
 def load_embeddings(path: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray]:
@@ -98,9 +98,8 @@ def tsne_fold(
     """tSNE per training size of one fold; writes tsne_coordinates.csv, separation.csv,
     tsne.png and separation.png to out_dir and returns the separation table."""
     from fewcells.explain import plots as plots_explain
-    from fewcells.training.train import read_class_names
 
-    class_names = read_class_names(classes_json)
+    class_names, _ = read_classes(classes_json)
     out_dir = Path(out_dir)
     coordinates, rows = [], []
     for size in sorted(embedding_files):

@@ -1,10 +1,11 @@
-"""Process settings that make CPU training steps cheaper without changing any result.
+"""The memory of a training process: settings that make CPU training steps cheaper without
+changing any result, and the peak memory a training reports.
 
 A training step of the paper CNN allocates and frees the same few-MB activation tensors every
 step. Two things made that expensive here: deterministic mode fills every new tensor with NaN,
 and glibc hands large freed blocks back to the kernel, so the next step page-faults them in
 again. `unfilled_new_memory` and `keep_freed_memory` turn both off (see `fewcells benchmark
-training` and README, Speed and memory); `release_freed_memory` hands the kept memory back
+training` and docs/performance.md); `release_freed_memory` hands the kept memory back
 between the trainings of a process that runs several.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import resource
 import sys
 from collections.abc import Iterator
 
@@ -70,6 +72,12 @@ def release_freed_memory() -> bool:
     malloc_trim.argtypes, malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
     malloc_trim(0)
     return True
+
+
+def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident memory in MB of this process (RUSAGE_SELF) or of its finished children
+    (RUSAGE_CHILDREN), as getrusage reports it (kilobytes on Linux)."""
+    return resource.getrusage(who).ru_maxrss / 1024
 
 
 def _glibc_function(name: str):

@@ -1,11 +1,11 @@
 """Pretraining one network on a source experiment, for transfer learning.
 
-The source experiment's deduplicated images (its tensor store) are split once, stratified
-and seeded, into a validation set (early stopping) and a training set (everything else);
-the network is trained with train.py's CellDataModule, CellClassifier and protocol (see
-fit_classifier). The output folder holds model.ckpt (read by a target experiment's
-model.pretrained, like any fewcells checkpoint), history.csv, train_info.json, split.csv
-(the split, in the folds.csv format with fold 0) and classes.json.
+The source experiment's deduplicated images (its tensor store) are split once, stratified and
+seeded, into a validation set (early stopping) and a training set (everything else); the network
+is trained with the CellDataModule, CellClassifier and protocol of every training (see
+fewcells.training.fit.fit_classifier). The output folder holds model.ckpt (read by a target
+experiment's model.pretrained, like any fewcells checkpoint), history.csv, train_info.json,
+split.csv (the split, in the folds.csv format with fold 0) and classes.json.
 """
 
 from __future__ import annotations
@@ -23,19 +23,15 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from fewcells.atomic import atomic_path
-from fewcells.data.folds import FOLD_COLUMNS, map_classes
+from fewcells.contracts import FOLD_COLUMNS, INDEX_COLUMNS, classes_record, read_table
+from fewcells.data.folds import map_classes
 from fewcells.errors import FewcellsError
-from fewcells.training.train import (
-    INDEX_COLUMNS,
-    CellClassifier,
-    EpochHistory,
-    _lightning_session,
-    _read_csv,
-    fit_classifier,
-    fold_data,
-    run_costs,
-    train_config,
-)
+from fewcells.training.callbacks import EpochHistory
+from fewcells.training.datamodule import fold_data
+from fewcells.training.fit import fit_classifier, lightning_session
+from fewcells.training.module import CellClassifier
+from fewcells.training.outputs import run_costs, write_train_info
+from fewcells.training.protocol import fill_train_defaults
 
 SPLIT_FOLD = 0
 
@@ -95,22 +91,19 @@ def run_pretraining(
     The training seed is train_cfg["seed"]. Returns the train_info dict.
     """
     started = time.perf_counter()
-    cfg = train_config(train_cfg)
+    cfg = fill_train_defaults(train_cfg)
     if cfg["finetune"] is not None:
         raise FewcellsError("pretrain: the pretraining protocol has no finetune phase")
     store_dir = Path(store_dir)
-    index = _read_csv(store_dir / "index.csv", INDEX_COLUMNS)
+    index = read_table(store_dir / "index.csv", INDEX_COLUMNS)
     index["image_id"] = index["image_id"].astype(str)
     split, names = pretrain_split(index, classes, val_fraction=val_fraction, seed=split_seed)
     n_train = int((split["role"] == "pool").sum())
     seed = int(cfg["seed"])
     torch.set_num_threads(int(cfg["threads"]))
-    with _lightning_session(), atomic_path(out_dir, directory=True) as tmp:
+    with lightning_session(), atomic_path(out_dir, directory=True) as tmp:
         split.to_csv(tmp / "split.csv", index=False)
-        (tmp / "classes.json").write_text(
-            json.dumps({"classes": names, "task": "binary" if len(names) == 2 else "multiclass"})
-            + "\n"
-        )
+        (tmp / "classes.json").write_text(json.dumps(classes_record(names)) + "\n")
         data = fold_data(
             store_dir,
             tmp / "split.csv",
@@ -127,9 +120,7 @@ def run_pretraining(
         trainer, checkpoint, fit_seconds, _ = fit_classifier(
             module, data, cfg, history, tmp, progress=progress
         )
-        pd.DataFrame(history.rows, columns=history.columns()).to_csv(
-            tmp / "history.csv", index=False
-        )
+        history.save(tmp / "history.csv")
         best = history.best()
         info = {
             "classes": names,
@@ -143,6 +134,6 @@ def run_pretraining(
             "best_val_accuracy": best["val_accuracy"],
             **run_costs(module, data, history, trainer, started, fit_seconds, seed),
         }
-        (tmp / "train_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        write_train_info(info, tmp)
     print(f"pretrain: {json.dumps(info)}", file=sys.stderr)
     return info

@@ -8,14 +8,14 @@ sharing one GPU are each bound by the CPU time they spend launching small kernel
 The networks' parameters are stacked along a new first dimension, so each layer is one grouped
 convolution or batched matrix product whatever their number; the images are resident on the
 device and augmented there. Each network keeps its own protocol exactly as in the per-fold
-engine (train.py): the same initial weights, the same batch order (a RandomSampler-equivalent
-shuffle seeded per network), the same augmentation draws (a generator per network seeded as in
-CellClassifier), an optimizer that acts element-wise on each network's parameters, and its
-own early stopping and best-val-loss checkpoint. Training sets of different sizes have epochs
-of different lengths: every network takes one step per global step (a short last batch is
-padded, the padding weighted zero) and is validated when its own epoch ends; networks that
-have stopped are taken out of the stack. So the results are those of the per-fold engine up
-to floating-point summation order.
+engine (fewcells.training.run): the same initial weights, the same batch order (a
+RandomSampler-equivalent shuffle seeded per network), the same augmentation draws (a generator
+per network seeded as in CellClassifier), an optimizer that acts element-wise on each network's
+parameters, and its own early stopping and best-val-loss checkpoint. Training sets of different
+sizes have epochs of different lengths: every network takes one step per global step (a short
+last batch is padded, the padding weighted zero) and is validated when its own epoch ends;
+networks that have stopped are taken out of the stack. So the results are those of the per-fold
+engine up to floating-point summation order.
 
 The loop is plain PyTorch rather than a Lightning Trainer: with 2-step epochs (10 training
 images) the Trainer's per-epoch work would cost more than the training itself. The outputs of
@@ -26,9 +26,7 @@ CellClassifier), written atomically network by network at the end.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import resource
 import sys
 import time
 from collections.abc import Iterator
@@ -39,189 +37,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import stack_module_state
 
 from fewcells.atomic import atomic_path
+from fewcells.contracts import read_classes
 from fewcells.errors import FewcellsError
-from fewcells.provenance import provenance
+from fewcells.training.callbacks import EpochHistory
+from fewcells.training.datamodule import CellDataModule, fold_data
 from fewcells.training.memory import keep_freed_memory, unfilled_new_memory
-from fewcells.training.models import PaperCNN, to_model_input
-from fewcells.training.train import (
-    EVAL_BATCH_SIZE,
+from fewcells.training.models import to_model_input
+from fewcells.training.module import CellClassifier
+from fewcells.training.outputs import process_costs, write_outputs, write_train_info
+from fewcells.training.protocol import (
     OPTIMIZERS,
-    CellClassifier,
-    CellDataModule,
-    EpochHistory,
-    _device_name,
-    _write_outputs,
-    fold_data,
-    read_class_names,
-    train_config,
+    fill_train_defaults,
+    training_device,
     training_seed,
-    trains_on_cpu,
 )
+from fewcells.training.stacked_networks import StackData, StackedNetworks, StackState, validate
 
 CHECK_EVERY_STEPS = 10  # how often the loop waits for the device to learn which networks stopped
 PROGRESS_EVERY_SECONDS = 30
-VALIDATION_IMAGES_PER_PASS = 1024  # networks x images validated in one forward pass, at most
-
-
-def training_device(accelerator: str) -> torch.device:
-    """cuda when `accelerator` is auto or gpu and a GPU is visible, else cpu."""
-    if accelerator == "gpu" and not torch.cuda.is_available():
-        raise FewcellsError("train.accelerator: 'gpu' was asked for but no GPU is visible")
-    if trains_on_cpu(accelerator):
-        return torch.device("cpu")
-    return torch.device("cuda", torch.cuda.current_device())
-
-
-class StackedNetworks(nn.Module):
-    """K paper CNNs evaluated as one: parameters stacked along a new dim 0.
-
-    forward takes (K, B, C, H, W) and returns (K, B, n_classes); network k sees only x[k].
-    The K networks' images travel as channel blocks of one batch (B, K*C, H, W): every
-    convolution is one grouped convolution (groups=K), pooling and ReLU act per channel, and
-    the dense layers are batched matrix products - a handful of kernels per layer whatever K
-    is, which is what makes many small networks cheap on a GPU.
-    """
-
-    def __init__(self, networks: list[nn.Module]) -> None:
-        super().__init__()
-        if not all(isinstance(network, PaperCNN) for network in networks):
-            kinds = sorted({type(network).__name__ for network in networks})
-            raise FewcellsError(
-                f"train.engine: 'stacked' trains the paper CNN only, not {', '.join(kinds)} "
-                "(BatchNorm statistics cannot be stacked) - use engine 'per_fold'"
-            )
-        stacked, _ = stack_module_state(networks)
-        self.names = list(stacked)
-        self.stacked = nn.ParameterList(nn.Parameter(stacked[name]) for name in self.names)
-        template = networks[0]
-        self.layers = [  # (kind, parameter prefix) in forward order
-            (type(module).__name__, f"features.{index}")
-            for index, module in enumerate(template.features)
-        ]
-
-    def __len__(self) -> int:
-        return len(self.stacked[0])
-
-    def forward(self, x: torch.Tensor, params: list[torch.Tensor] | None = None) -> torch.Tensor:
-        """Logits of the stacked networks, or of the networks whose stacked parameters
-        (in self.names order, e.g. from subset()) are `params`."""
-        named = dict(zip(self.names, self.stacked if params is None else params, strict=True))
-        k, b = x.shape[:2]
-        h = x.transpose(0, 1).reshape(b, -1, *x.shape[3:])  # (B, K*C, H, W)
-        for kind, prefix in self.layers:
-            if kind == "Conv2d":
-                weight, bias = named[f"{prefix}.weight"], named[f"{prefix}.bias"]
-                h = F.conv2d(h, weight.flatten(0, 1), bias.flatten(), groups=k)
-            elif kind == "MaxPool2d":
-                h = F.max_pool2d(h, 2)
-            elif kind == "ReLU":
-                h = F.relu(h)
-            else:  # Flatten, per network: (K, B, C*h*w)
-                h = h.reshape(b, k, -1).transpose(0, 1)
-        h = torch.baddbmm(named["hidden.bias"][:, None], h, named["hidden.weight"].mT)
-        return torch.baddbmm(
-            named["classifier.bias"][:, None], F.relu(h), named["classifier.weight"].mT
-        )
-
-    def subset(self, positions: torch.Tensor) -> list[torch.Tensor]:
-        """The stacked parameters of the networks at `positions` (copies)."""
-        return [p[positions] for p in self.stacked]
-
-    def keep(self, positions: torch.Tensor) -> None:
-        """Keep only the networks at `positions`, in that order."""
-        for i, p in enumerate(self.stacked):
-            self.stacked[i] = nn.Parameter(p.detach()[positions])
-
-
-class StackState:
-    """Early stopping and best weights of the networks in the stack (device tensors, no syncs).
-
-    Mirrors Lightning's EarlyStopping (mode min, min_delta 0) and ModelCheckpoint (save when
-    strictly better): a network stops once `patience` epochs in a row brought no improvement,
-    or after `max_epochs`; the weights of its best epoch are kept.
-    """
-
-    def __init__(self, model: StackedNetworks, patience: int, max_epochs: int) -> None:
-        k, device = len(model), model.stacked[0].device
-        self.patience, self.max_epochs = patience, max_epochs
-        self.best_loss = torch.full((k,), float("inf"), device=device)
-        self.best_epoch = torch.zeros(k, dtype=torch.int64, device=device)
-        self.wait = torch.zeros(k, dtype=torch.int64, device=device)
-        self.active = torch.ones(k, dtype=torch.bool, device=device)
-        self.stop_epoch = torch.zeros(k, dtype=torch.int64, device=device)
-        self.best_params = [p.detach().clone() for p in model.stacked]
-
-    @torch.no_grad()
-    def update(
-        self,
-        model: StackedNetworks,
-        positions: torch.Tensor,
-        epochs: torch.Tensor,
-        val_loss: torch.Tensor,
-    ) -> None:
-        """Record the epochs `epochs` (1-based) that the networks at `positions` just ended."""
-        active = self.active[positions]
-        improved = active & (val_loss < self.best_loss[positions])
-        self.best_loss[positions] = torch.where(improved, val_loss, self.best_loss[positions])
-        self.best_epoch[positions] = torch.where(improved, epochs, self.best_epoch[positions])
-        for best, current in zip(self.best_params, model.stacked, strict=True):
-            mask = improved.view(-1, *([1] * (best.dim() - 1)))
-            best[positions] = torch.where(mask, current[positions], best[positions])
-        wait = torch.where(improved, 0, self.wait[positions] + active.long())
-        self.wait[positions] = wait
-        self.stop_epoch[positions] = torch.where(active, epochs, self.stop_epoch[positions])
-        self.active[positions] = active & (wait < self.patience) & (epochs < self.max_epochs)
-
-    def keep(self, positions: torch.Tensor) -> None:
-        """Keep only the networks at `positions`, in that order."""
-        for name in ("best_loss", "best_epoch", "wait", "active", "stop_epoch"):
-            setattr(self, name, getattr(self, name)[positions])
-        self.best_params = [best[positions] for best in self.best_params]
-
-
-class StackData:
-    """Each network's training and validation images as positions into one device tensor that
-    holds every store image they use once; per-network rows padded to the longest set."""
-
-    def __init__(self, data: list[CellDataModule], device: torch.device) -> None:
-        train, val = [], []  # (store rows, targets) per network
-        for d in data:
-            frame = d.read_fold()
-            for role, sets in (("train", train), ("val", val)):
-                part = frame[frame["role"] == role]
-                positions = d.role_positions(role)
-                sets.append(
-                    (part["store_row"].to_numpy()[positions], part["target"].to_numpy()[positions])
-                )
-        used = np.unique(np.concatenate([rows for rows, _ in train + val]))
-        store = np.load(data[0].store_dir / "images.npy", mmap_mode="r")
-        self.images = torch.from_numpy(np.ascontiguousarray(store[used])).to(device)
-        self.n_train = np.array([len(rows) for rows, _ in train])
-        self.n_val = np.array([len(rows) for rows, _ in val])
-        self.train_rows, self.train_targets = _padded(train, used, device)
-        self.val_rows, self.val_targets = _padded(val, used, device)
-
-    def keep(self, positions: np.ndarray) -> None:
-        """Keep only the networks at `positions`, in that order."""
-        index = torch.from_numpy(positions).to(self.train_rows.device)
-        self.n_train, self.n_val = self.n_train[positions], self.n_val[positions]
-        for name in ("train_rows", "train_targets", "val_rows", "val_targets"):
-            setattr(self, name, getattr(self, name)[index])
-
-
-def _padded(
-    sets: list[tuple[np.ndarray, np.ndarray]], used: np.ndarray, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(K, longest) positions into `used` and targets, zero-padded."""
-    rows = np.zeros((len(sets), max(len(r) for r, _ in sets)), dtype=np.int64)
-    targets = np.zeros_like(rows)
-    for k, (store_rows, set_targets) in enumerate(sets):
-        rows[k, : len(store_rows)] = np.searchsorted(used, store_rows)
-        targets[k, : len(set_targets)] = set_targets
-    return torch.from_numpy(rows).to(device), torch.from_numpy(targets).to(device)
 
 
 @contextlib.contextmanager
@@ -300,6 +135,26 @@ class StackedFit:
                     )
         return time.perf_counter() - started
 
+    def history(self, k: int, fold: int, size: int) -> EpochHistory:
+        """Network k's history (epochs up to the one it stopped at), as the per-fold engine's
+        EpochHistory records it."""
+        history = EpochHistory(fold, size)
+        history.rows = [
+            {
+                "fold": fold,
+                "size": size,
+                "replicate": 0,
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_accuracy": val_accuracy,
+                "lr": self.cfg["lr"],
+            }
+            for epoch, train_loss, val_loss, val_accuracy in self.rows[k]
+            if epoch <= self.finished[k]["epochs_run"]
+        ]
+        return history
+
     def _shuffle(self, positions: np.ndarray) -> None:
         """New epoch orders for the networks at `positions`, as RandomSampler draws them (one
         randperm for the epoch and one for its empty remainder)."""
@@ -345,7 +200,7 @@ class StackedFit:
         self.epoch[ended] += 1
         self.step[ended] = 0
         positions = torch.from_numpy(ended).to(self.device)
-        val_loss, val_accuracy = _validate(self.model, self.data, ended)
+        val_loss, val_accuracy = validate(self.model, self.data, ended)
         train_loss = self.loss_sum[positions] / torch.from_numpy(self.data.n_train[ended]).to(
             self.device
         )
@@ -422,40 +277,6 @@ def _kept_optimizer(
     return kept
 
 
-@torch.no_grad()
-def _validate(
-    model: StackedNetworks, data: StackData, positions: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validation loss and accuracy (E,) of the networks at `positions`."""
-    device = data.images.device
-    n_val = data.n_val[positions]
-    width = int(n_val.max())
-    per_pass = max(1, VALIDATION_IMAGES_PER_PASS // min(width, EVAL_BATCH_SIZE))
-    loss, correct = [], []
-    model.eval()
-    for first in range(0, len(positions), per_pass):
-        chosen = torch.from_numpy(positions[first : first + per_pass]).to(device)
-        params = model.subset(chosen)
-        valid = torch.arange(width, device=device) < torch.from_numpy(
-            n_val[first : first + per_pass, None]
-        ).to(device)
-        part_loss = torch.zeros(len(chosen), device=device)
-        part_correct = torch.zeros(len(chosen), device=device)
-        for start in range(0, width, EVAL_BATCH_SIZE):
-            rows = data.val_rows[chosen, start : start + EVAL_BATCH_SIZE]
-            targets = data.val_targets[chosen, start : start + EVAL_BATCH_SIZE]
-            mask = valid[:, start : start + EVAL_BATCH_SIZE]
-            x = to_model_input(data.images[rows.flatten()])
-            logits = model(x.reshape(*rows.shape, *x.shape[1:]), params).float()
-            losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
-            part_loss += torch.where(mask, losses.view(rows.shape), 0.0).sum(dim=1)
-            part_correct += ((logits.argmax(dim=2) == targets) & mask).sum(dim=1)
-        loss.append(part_loss)
-        correct.append(part_correct)
-    counts = torch.from_numpy(n_val).to(device)
-    return torch.cat(loss) / counts, torch.cat(correct) / counts
-
-
 def run_stacked_training(
     store_dir: str | os.PathLike,
     folds_csv: str | os.PathLike,
@@ -474,10 +295,10 @@ def run_stacked_training(
     train_info.json), size by size, fold by fold.
     """
     started = time.perf_counter()
-    cfg = train_config(train_cfg)
+    cfg = fill_train_defaults(train_cfg)
     if cfg["precision"] != "32-true":
         raise FewcellsError(f"train.engine: {engine!r} trains in precision '32-true' only")
-    class_names = read_class_names(classes_json)
+    class_names, _ = read_classes(classes_json)
     torch.set_num_threads(int(cfg["threads"]))
     device = training_device(cfg["accelerator"])
     trainings = [(fold, size) for size in sizes for fold in folds]
@@ -504,28 +325,18 @@ def run_stacked_training(
             int(fit.finished[k]["epochs_run"]) * len(d.role_positions("train"))
             for k, d in enumerate(data)
         )
+        job = {
+            "engine": engine,
+            "networks_in_job": len(trainings),
+            "fit_seconds": fit_seconds,
+            "image_steps_per_second": useful_steps / fit_seconds,
+        }
         infos = []
         for k, ((fold, size), seed) in enumerate(zip(trainings, seeds, strict=True)):
             result = fit.finished[k]
             modules[k].model.load_state_dict(result["weights"])
-            history = EpochHistory(fold, size)
-            history.rows = [
-                {
-                    "fold": fold,
-                    "size": size,
-                    "replicate": 0,
-                    "epoch": epoch,
-                    "train_loss": train_loss,
-                    "val_loss": val_loss,
-                    "val_accuracy": val_accuracy,
-                    "lr": cfg["lr"],
-                }
-                for epoch, train_loss, val_loss, val_accuracy in fit.rows[k]
-                if epoch <= result["epochs_run"]
-            ]
+            history = fit.history(k, fold, size)
             info = {
-                "engine": engine,
-                "networks_in_job": len(trainings),
                 "fold": fold,
                 "size": size,
                 "replicate": 0,
@@ -534,25 +345,12 @@ def run_stacked_training(
                 "best_epoch": result["best_epoch"],
                 "best_val_loss": result["best_val_loss"],
                 "seconds": time.perf_counter() - started,
-                "fit_seconds": fit_seconds,
-                "image_steps_per_second": useful_steps / fit_seconds,
-                "device": _device_name(device),
-                "threads": torch.get_num_threads(),
-                "seed": seed,
-                "n_parameters": sum(p.numel() for p in modules[k].model.parameters()),
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                **provenance(),
+                **job,
+                **process_costs(device, seed, modules[k].model),
             }
             print(f"{history.describe()} ({engine}, {fit_seconds:.0f} s)", file=sys.stderr)
-            _write_fold(
-                Path(out_root) / f"n{size}" / f"fold{fold}",
-                modules[k],
-                data[k],
-                class_names,
-                history,
-                info,
-                device,
-            )
+            out_dir = Path(out_root) / f"n{size}" / f"fold{fold}"
+            _write_network(out_dir, modules[k], data[k], class_names, history, info, device)
             infos.append(info)
     return infos
 
@@ -563,7 +361,7 @@ def _ranges(values: list[int]) -> str:
 
 
 @torch.no_grad()
-def _write_fold(
+def _write_network(
     out_dir: Path,
     module: CellClassifier,
     data: CellDataModule,
@@ -587,5 +385,5 @@ def _write_fold(
             "hyper_parameters": dict(module.hparams),
         }
         torch.save(checkpoint, tmp / "model.ckpt")
-        info |= _write_outputs(tmp, data, predictions, class_names, history)
-        (tmp / "train_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        info |= write_outputs(tmp, data, predictions, class_names, history)
+        write_train_info(info, tmp)
