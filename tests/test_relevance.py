@@ -10,7 +10,17 @@ import torch
 from PIL import Image
 
 from fewcells.errors import FewcellsError
+from fewcells.explain import masks as cell_masks
 from fewcells.explain import relevance as explain
+from fewcells.explain.attribution import (
+    COMPOSITES,
+    canonizers_for,
+    describe_composite,
+    input_bounds,
+    lrp,
+    make_composite,
+    saliency,
+)
 from fewcells.training.models import MIN_IMAGE_SIZE, PaperCNN, build_model
 
 
@@ -34,7 +44,7 @@ def _input(batch: int = 2) -> torch.Tensor:
 
 def test_lrp_epsilon_conserves_the_logit_without_biases():
     model, x, targets = _network(zero_biases=True), _input(), torch.tensor([0, 1])
-    relevance, logits = explain.lrp(model, x, targets, explain.make_composite("epsilon", 1e-9))
+    relevance, logits = lrp(model, x, targets, make_composite("epsilon", 1e-9))
     assert relevance.shape == (2, 3, MIN_IMAGE_SIZE, MIN_IMAGE_SIZE)
     assert np.abs(logits).min() > 1e-4  # a meaningful logit to conserve
     np.testing.assert_allclose(relevance.sum(axis=(1, 2, 3)), logits, rtol=1e-3)
@@ -44,15 +54,13 @@ def test_lrp_epsilon_conserves_the_logit_without_biases():
 
 def test_lrp_with_biases_absorbs_relevance():
     model, x, targets = _network(zero_biases=False), _input(), torch.tensor([0, 1])
-    relevance, logits = explain.lrp(model, x, targets, explain.make_composite("epsilon", 1e-9))
+    relevance, logits = lrp(model, x, targets, make_composite("epsilon", 1e-9))
     assert not np.allclose(relevance.sum(axis=(1, 2, 3)), logits, rtol=1e-3)
 
 
-@pytest.mark.parametrize("name", explain.COMPOSITES)
+@pytest.mark.parametrize("name", COMPOSITES)
 def test_every_composite_gives_finite_relevance(name):
-    relevance, _ = explain.lrp(
-        _network(False), _input(1), torch.tensor([1]), explain.make_composite(name, 1.0)
-    )
+    relevance, _ = lrp(_network(False), _input(1), torch.tensor([1]), make_composite(name, 1.0))
     assert np.isfinite(relevance).all() and np.abs(relevance).sum() > 0
 
 
@@ -72,10 +80,10 @@ def test_canonizers_follow_the_architecture():
     from zennit.canonizers import SequentialMergeBatchNorm
     from zennit.torchvision import ResNetCanonizer
 
-    assert explain.canonizers_for(_network(False)) == []
-    (resnet,) = explain.canonizers_for(_torchvision("resnet18"))
+    assert canonizers_for(_network(False)) == []
+    (resnet,) = canonizers_for(_torchvision("resnet18"))
     assert isinstance(resnet, ResNetCanonizer)
-    (efficientnet,) = explain.canonizers_for(_torchvision("efficientnet_b0"))
+    (efficientnet,) = canonizers_for(_torchvision("efficientnet_b0"))
     assert isinstance(efficientnet, SequentialMergeBatchNorm)
 
 
@@ -85,12 +93,12 @@ def test_lrp_through_a_canonized_resnet_leaves_the_network_as_it_was():
     targets = torch.tensor([0, 1])
     with torch.no_grad():
         before = model(x)
-    plain, _ = explain.lrp(model, x, targets, explain.make_composite("epsilon_plus_flat"))
-    canonized, logits = explain.lrp(
+    plain, _ = lrp(model, x, targets, make_composite("epsilon_plus_flat"))
+    canonized, logits = lrp(
         model,
         x,
         targets,
-        explain.make_composite("epsilon_plus_flat", canonizers=explain.canonizers_for(model)),
+        make_composite("epsilon_plus_flat", canonizers=canonizers_for(model)),
     )
     assert np.isfinite(canonized).all() and canonized.shape == (2, 3, 64, 64)
     assert not np.allclose(plain, canonized)  # the canonizer changed how relevance flows
@@ -118,8 +126,8 @@ def _two_pixel_network() -> torch.nn.Sequential:
 
 def test_box_rule_gives_dark_pixels_relevance_the_epsilon_rule_does_not():
     model, x, target = _two_pixel_network(), torch.tensor([[[[0.0, 1.0]]]]), torch.tensor([0])
-    epsilon, logit = explain.lrp(model, x, target, explain.make_composite("epsilon", 1e-9))
-    box, _ = explain.lrp(model, x, target, explain.make_composite("epsilon_gamma_box", 1e-9))
+    epsilon, logit = lrp(model, x, target, make_composite("epsilon", 1e-9))
+    box, _ = lrp(model, x, target, make_composite("epsilon_gamma_box", 1e-9))
     assert logit == pytest.approx([2.0])
     # Epsilon: R_i = x_i w_i R / z, so the black pixel gets nothing.
     np.testing.assert_allclose(epsilon.ravel(), [0.0, 2.0], atol=1e-6)
@@ -131,8 +139,8 @@ def test_box_rule_reaches_the_black_pixels_of_the_paper_cnn():
     x, targets = _input(), torch.tensor([0, 1])
     x[..., ::2] = 0.0  # every other column black: each 3x3 window sees black and bright
     for model in (_network(zero_biases=True), _network(zero_biases=False)):
-        epsilon, _ = explain.lrp(model, x, targets, explain.make_composite("epsilon"))
-        box, _ = explain.lrp(model, x, targets, explain.make_composite("epsilon_gamma_box"))
+        epsilon, _ = lrp(model, x, targets, make_composite("epsilon"))
+        box, _ = lrp(model, x, targets, make_composite("epsilon_gamma_box"))
         assert np.all(epsilon[..., ::2] == 0) and np.abs(epsilon).sum() > 0
         black_share = np.abs(box[..., ::2]).sum(axis=(1, 2, 3)) / np.abs(box).sum(axis=(1, 2, 3))
         assert (black_share > 0.3).all()
@@ -146,34 +154,34 @@ def test_box_bounds_are_what_the_first_torchvision_convolution_sees(arch):
     first = next(m for m in model.modules() if isinstance(m, Convolution))
     seen = []
     first.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
-    low, high = explain.input_bounds(model)
+    low, high = input_bounds(model)
     with torch.no_grad():
         model(torch.zeros(1, 3, 64, 64))
         model(torch.ones(1, 3, 64, 64))
     torch.testing.assert_close(seen[0], low.expand_as(seen[0]))
     torch.testing.assert_close(seen[1], high.expand_as(seen[1]))
-    assert explain.input_bounds(_network(False)) == (0.0, 1.0)
-    composite = explain.make_composite(
-        "epsilon_gamma_box", canonizers=explain.canonizers_for(model), bounds=(low, high)
+    assert input_bounds(_network(False)) == (0.0, 1.0)
+    composite = make_composite(
+        "epsilon_gamma_box", canonizers=canonizers_for(model), bounds=(low, high)
     )
-    relevance, _ = explain.lrp(model, torch.rand(2, 3, 64, 64), torch.tensor([0, 1]), composite)
+    relevance, _ = lrp(model, torch.rand(2, 3, 64, 64), torch.tensor([0, 1]), composite)
     assert np.isfinite(relevance).all() and np.abs(relevance).sum() > 0
 
 
 def test_every_composite_has_a_label_with_its_parameters():
-    labels = [explain.describe_composite(name, 0.5, 0.1) for name in explain.COMPOSITES]
-    assert len(set(labels)) == len(explain.COMPOSITES)
+    labels = [describe_composite(name, 0.5, 0.1) for name in COMPOSITES]
+    assert len(set(labels)) == len(COMPOSITES)
     assert all("ε = 0.5" in label for label in labels)
-    assert "γ = 0.1" in explain.describe_composite("epsilon_gamma_box", 0.5, 0.1)
+    assert "γ = 0.1" in describe_composite("epsilon_gamma_box", 0.5, 0.1)
 
 
 def test_unknown_composite_is_named():
     with pytest.raises(FewcellsError, match="explain.composite.*'lrp0'"):
-        explain.make_composite("lrp0")
+        make_composite("lrp0")
 
 
 def test_saliency_is_a_finite_nonnegative_map_per_image():
-    grads = explain.saliency(_network(False), _input(), torch.tensor([0, 1]))
+    grads = saliency(_network(False), _input(), torch.tensor([0, 1]))
     assert grads.shape == (2, MIN_IMAGE_SIZE, MIN_IMAGE_SIZE)
     assert np.isfinite(grads).all() and (grads >= 0).all() and grads.max() > 0
 
@@ -197,22 +205,22 @@ def _synthetic_cell(size: int = 96):
 
 def test_nucleus_mask_finds_a_known_nucleus():
     image, nucleus, cell = _synthetic_cell()
-    found = explain.nucleus_mask(image)
-    assert explain.dice(found, nucleus) > 0.9
-    assert explain.dice(explain.cell_mask(image, found), cell) > 0.9
+    found = cell_masks.nucleus_mask(image)
+    assert cell_masks.dice(found, nucleus) > 0.9
+    assert cell_masks.dice(cell_masks.cell_mask(image, found), cell) > 0.9
 
 
 def test_otsu_splits_two_modes():
     values = np.concatenate([np.full(50, 10.0), np.full(50, 200.0)])
-    assert 10 < explain.otsu_threshold(values) < 200
+    assert 10 < cell_masks.otsu_threshold(values) < 200
 
 
 def test_positive_share_on_a_hand_made_map():
     relevance = np.array([[3.0, -5.0], [1.0, 0.0]])
     mask = np.array([[True, True], [False, False]])
-    assert explain.positive_share(relevance, mask) == pytest.approx(0.75)  # 3 of 3 + 1
-    assert explain.positive_share(relevance, ~mask) == pytest.approx(0.25)
-    assert np.isnan(explain.positive_share(-np.abs(relevance), mask))
+    assert cell_masks.positive_share(relevance, mask) == pytest.approx(0.75)  # 3 of 3 + 1
+    assert cell_masks.positive_share(relevance, ~mask) == pytest.approx(0.25)
+    assert np.isnan(cell_masks.positive_share(-np.abs(relevance), mask))
 
 
 def test_relevance_summary_averages_over_images_per_composite():
@@ -245,7 +253,7 @@ def test_region_shares_per_mask_source():
     relevance = np.array([[3.0, -5.0], [1.0, 0.0]])
     nucleus = np.array([[True, False], [False, False]])
     cell = np.array([[True, True], [False, False]])
-    shares = explain.region_shares(relevance, {"auto": (nucleus, cell), "expert": (cell, cell)})
+    shares = cell_masks.region_shares(relevance, {"auto": (nucleus, cell), "expert": (cell, cell)})
     assert shares["share_nucleus_auto"] == pytest.approx(0.75)
     assert shares["nucleus_area_auto"] == pytest.approx(0.25)
     assert shares["cell_area_expert"] == pytest.approx(0.5)
@@ -258,19 +266,19 @@ def test_expert_mask_colours_and_lookup(tmp_path):
     mask[1, 1] = (0, 0, 255)
     (tmp_path / "blast").mkdir()
     Image.fromarray(mask).save(tmp_path / "blast" / "b_1.png")
-    nucleus, cell = explain.read_expert_mask(explain.find_mask(tmp_path, "blast/b_1"))
+    nucleus, cell = cell_masks.read_expert_mask(cell_masks.find_mask(tmp_path, "blast/b_1"))
     assert nucleus.sum() == 1 and nucleus[0, 0]
     assert cell.sum() == 2 and cell[1, 1]
     with pytest.raises(FewcellsError, match="no expert mask for image 'blast/b_2'"):
-        explain.find_mask(tmp_path, "blast/b_2")
+        cell_masks.find_mask(tmp_path, "blast/b_2")
 
 
 def test_fit_mask_pads_and_resizes_like_the_store():
     mask = np.zeros((6, 4), bool)
     mask[2:4, 1:3] = True
-    padded = explain.fit_mask(mask, 8, "pad")
+    padded = cell_masks.fit_mask(mask, 8, "pad")
     assert padded.shape == (8, 8) and padded.sum() == 4
-    resized = explain.fit_mask(mask, 12, "resize")
+    resized = cell_masks.fit_mask(mask, 12, "resize")
     assert resized.shape == (12, 12) and resized.dtype == bool
 
 
@@ -338,8 +346,8 @@ def test_explain_schema_matches_the_package():
     for key, value in explain.DEFAULT_SETTINGS.items():
         assert defaults[key] == value, key
     properties = load_schema()["$defs"]["experiment"]["properties"]["explain"]["properties"]
-    assert properties["composite"]["enum"] == list(explain.COMPOSITES)
-    assert properties["share_composites"]["items"]["enum"] == list(explain.COMPOSITES)
+    assert properties["composite"]["enum"] == list(COMPOSITES)
+    assert properties["share_composites"]["items"]["enum"] == list(COMPOSITES)
 
 
 def test_explain_and_tsne_defaults_follow_the_sweep():

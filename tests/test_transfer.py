@@ -339,7 +339,7 @@ def test_the_phases_need_no_pretrained_network_to_be_chosen():
 
 
 def test_evaluation_keeps_the_phase_column(tmp_path):
-    from fewcells.analysis.evaluate import read_histories
+    from fewcells.analysis.readers import read_histories
 
     row = {"fold": 0, "size": 6, "train_loss": 0.5, "val_loss": 0.6, "val_accuracy": 0.5}
     plain = pd.DataFrame([{**row, "epoch": e, "lr": 1e-3} for e in (1, 2)])

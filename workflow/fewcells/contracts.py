@@ -94,6 +94,19 @@ SCORES = {
     "binary": tuple(m for m in BINARY_METRICS if m != "youden_threshold"),
     "multiclass": tuple(MULTICLASS_METRICS),
 }
+# How tables and figures name the metrics.
+METRIC_LABELS = {
+    "roc_auc": "ROC-AUC",
+    "sensitivity": "Sensitivity (p ≥ 0.5)",
+    "specificity": "Specificity (p ≥ 0.5)",
+    "youden_threshold": "Youden threshold",
+    "youden_sensitivity": "Sensitivity (Youden)",
+    "youden_specificity": "Specificity (Youden)",
+    "accuracy": "Accuracy",
+    "f1": "F1 (p ≥ 0.5)",
+    "macro_f1": "Macro F1",
+    "balanced_accuracy": "Balanced accuracy",
+}
 # classwise.csv: per size, fold and class (classwise_summary.csv pools the folds).
 CLASSWISE_COLUMNS = [
     "size",

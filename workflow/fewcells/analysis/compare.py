@@ -22,10 +22,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from scipy import stats
 
-from fewcells.analysis.evaluate import fit_learning_curve
-from fewcells.analysis.plots import METRIC_LABELS
+from fewcells.analysis.learning_curve import fit_learning_curve
 from fewcells.atomic import write_csv, write_png, write_text
-from fewcells.contracts import COMPARISON_COLUMNS, WILCOXON_COLUMNS
+from fewcells.contracts import COMPARISON_COLUMNS, METRIC_LABELS, WILCOXON_COLUMNS
 from fewcells.errors import FewcellsError
 
 

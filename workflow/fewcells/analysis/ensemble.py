@@ -3,7 +3,7 @@
 For each (size, fold) that every member trained, the ensemble's class probabilities of a
 test image are the mean of the members' probabilities (soft voting). The ensemble and the
 members are scored with the same functions as an experiment's evaluation
-(`evaluate.binary_metrics` / `evaluate.multiclass_metrics`) on the same test images, and
+(`fewcells.analysis.metrics.task_metrics`) on the same test images, and
 per size the ensemble is tested against the member with the best mean score with the
 paired Wilcoxon signed-rank test of `fewcells.analysis.compare`.
 """
@@ -19,17 +19,12 @@ import numpy as np
 import pandas as pd
 
 from fewcells.analysis.compare import comparison_figure, wilcoxon_table
-from fewcells.analysis.evaluate import (
-    PREDICTION_COLUMNS,
-    binary_metrics,
-    multiclass_metrics,
-    read_classes,
-    read_predictions,
-    summarize,
-)
-from fewcells.analysis.plots import METRIC_LABELS
+from fewcells.analysis.metrics import task_metrics
+from fewcells.analysis.readers import read_predictions
+from fewcells.analysis.report import mean_sd
+from fewcells.analysis.summary import summarize
 from fewcells.atomic import write_csv, write_png, write_text
-from fewcells.contracts import MAIN_METRIC, SCORES
+from fewcells.contracts import MAIN_METRIC, METRIC_LABELS, PREDICTION_COLUMNS, SCORES, read_classes
 from fewcells.errors import FewcellsError
 
 ENSEMBLE = "ensemble"
@@ -91,17 +86,13 @@ def model_metrics(
     frames = []
     for name, pred in [*predictions.items(), (ENSEMBLE, voted)]:
         pred = pred.merge(pairs, on=["size", "fold"])
-        if task == "binary":
-            metrics = binary_metrics(pred, class_names[1])
-        else:
-            metrics = multiclass_metrics(pred, class_names)
-        frames.append(metrics.assign(model=name))
+        frames.append(task_metrics(pred, class_names, task).assign(model=name))
     table = pd.concat(frames, ignore_index=True)
     return table[["model", *[c for c in table.columns if c != "model"]]]
 
 
 def model_summary(metrics: pd.DataFrame, task: str) -> pd.DataFrame:
-    """Per model and size: folds, mean and sd of every metric (evaluate.summarize)."""
+    """Per model and size: folds, mean and sd of every metric (summary.summarize)."""
     frames = [
         summarize(group.drop(columns="model"), task, None)
         .drop(columns=["paper_mean", "paper_sd"])
@@ -140,12 +131,6 @@ def best_member_tests(metrics: pd.DataFrame, members: Sequence[str], metric: str
     return pd.concat(frames, ignore_index=True)
 
 
-def _mean_sd(mean: float, sd: float) -> str:
-    if not math.isfinite(mean):
-        return "–"
-    return f"{mean:.3f} ± {sd:.3f}" if math.isfinite(sd) else f"{mean:.3f}"
-
-
 def ensemble_markdown(
     summary: pd.DataFrame, tests: pd.DataFrame, metric: str, members: Sequence[str], title: str
 ) -> str:
@@ -164,7 +149,7 @@ def ensemble_markdown(
         row = row._asdict()
         lines.append(
             f"| {row['size']} | {row['model']} | {row['n_folds']} | "
-            f"{_mean_sd(row[f'{metric}_mean'], row[f'{metric}_sd'])} |"
+            f"{mean_sd(row[f'{metric}_mean'], row[f'{metric}_sd'])} |"
         )
     lines += [
         "",

@@ -8,7 +8,6 @@ Youden threshold) per (size, fold), and its mean ROC curve per size.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,17 +15,13 @@ from pathlib import Path
 import pandas as pd
 
 from fewcells.analysis import plots
-from fewcells.analysis.evaluate import (
-    PREDICTION_COLUMNS,
-    binary_metrics,
-    mean_roc,
-    read_classes,
-    read_predictions,
-    summarize,
-    with_replicate,
-)
+from fewcells.analysis.metrics import binary_metrics, mean_roc, with_replicate
+from fewcells.analysis.readers import read_predictions
+from fewcells.analysis.report import mean_sd
+from fewcells.analysis.summary import summarize
 from fewcells.atomic import write_csv, write_png, write_text
 from fewcells.config import check_merged_groups
+from fewcells.contracts import PREDICTION_COLUMNS, read_classes
 from fewcells.errors import FewcellsError
 
 # Column names of the two-class table of one group (never a class name: no p_ prefix clash).
@@ -81,7 +76,7 @@ def merged_roc(
     groups: Mapping[str, Sequence[str]],
     metrics: pd.DataFrame,
 ) -> pd.DataFrame:
-    """Mean test ROC curve (evaluate.mean_roc) per group and size with a finite AUC."""
+    """Mean test ROC curve (metrics.mean_roc) per group and size with a finite AUC."""
     frames = []
     for name, members in groups.items():
         table = group_predictions(pred, class_names, members)
@@ -94,12 +89,6 @@ def merged_roc(
         raise FewcellsError("no (size, fold) has images both in and outside a merged group")
     table = pd.concat(frames, ignore_index=True)
     return table[["group", *[c for c in table.columns if c != "group"]]]
-
-
-def _mean_sd(mean: float, sd: float) -> str:
-    if not math.isfinite(mean):
-        return "–"
-    return f"{mean:.3f} ± {sd:.3f}" if math.isfinite(sd) else f"{mean:.3f}"
 
 
 def merged_markdown(
@@ -122,9 +111,9 @@ def merged_markdown(
     for row in summary.itertuples(index=False):
         lines.append(
             f"| {row.group} | {row.size} | {row.n_folds} | "
-            f"{_mean_sd(row.roc_auc_mean, row.roc_auc_sd)} | "
-            f"{_mean_sd(row.sensitivity_mean, row.sensitivity_sd)} | "
-            f"{_mean_sd(row.specificity_mean, row.specificity_sd)} |"
+            f"{mean_sd(row.roc_auc_mean, row.roc_auc_sd)} | "
+            f"{mean_sd(row.sensitivity_mean, row.sensitivity_sd)} | "
+            f"{mean_sd(row.specificity_mean, row.specificity_sd)} |"
         )
     return "\n".join([*lines, ""])
 

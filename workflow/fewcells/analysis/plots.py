@@ -14,18 +14,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-METRIC_LABELS = {
-    "roc_auc": "ROC-AUC",
-    "sensitivity": "Sensitivity (p ≥ 0.5)",
-    "specificity": "Specificity (p ≥ 0.5)",
-    "youden_threshold": "Youden threshold",
-    "youden_sensitivity": "Sensitivity (Youden)",
-    "youden_specificity": "Specificity (Youden)",
-    "accuracy": "Accuracy",
-    "f1": "F1 (p ≥ 0.5)",
-    "macro_f1": "Macro F1",
-    "balanced_accuracy": "Balanced accuracy",
-}
+from fewcells.analysis.metrics import fold_scores
+from fewcells.contracts import METRIC_LABELS
+
 TRAIN_COLOUR, VAL_COLOUR, FIT_COLOUR, PAPER_COLOUR = "tab:blue", "tab:orange", "tab:red", "black"
 COLLAPSED_COLOUR = "tab:red"
 
@@ -45,11 +36,6 @@ def _title(experiment: str, what: str) -> str:
 def _fold_count_text(counts: pd.Series) -> str:
     low, high = int(counts.min()), int(counts.max())
     return f"{high} folds per size" if low == high else f"{low}–{high} folds per size"
-
-
-def _fold_means(metrics: pd.DataFrame, score: str) -> pd.DataFrame:
-    """Per (size, fold): `score` averaged over the fold's replicates (if any)."""
-    return metrics.groupby(["size", "fold"], as_index=False)[score].mean()
 
 
 def _networks(metrics: pd.DataFrame, score: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -126,7 +112,7 @@ def loss_curves(
 def roc_curves(mean_roc_by_size: pd.DataFrame, *, experiment: str = "") -> Figure:
     """Mean test ROC curve with a ±1 s.d. band per size, chance diagonal (paper Fig. 3b).
 
-    Input: rows of `evaluate.mean_roc` for a few sizes (columns size, fpr, tpr_mean,
+    Input: rows of `metrics.mean_roc` for a few sizes (columns size, fpr, tpr_mean,
     tpr_lower, tpr_upper, n_folds, auc_mean, auc_sd).
     """
     figure = Figure(figsize=(5.6, 5.4), layout="constrained")
@@ -140,7 +126,8 @@ def merged_roc_curves(
     mean_roc_by_group: pd.DataFrame, groups: Mapping[str, Sequence[str]], *, experiment: str = ""
 ) -> Figure:
     """One panel per merged group: mean test ROC of "in the group" vs P_group (the sum of
-    the group's class probabilities) per size, ±1 s.d. band (rows of `merged.merged_roc`)."""
+    the group's class probabilities) per size, ±1 s.d. band (rows of
+    `merged_classes.merged_roc`)."""
     names = [name for name in groups if name in set(mean_roc_by_group["group"])]
     figure = Figure(figsize=(5.2 * max(len(names), 1), 5.6), layout="constrained")
     axes = figure.subplots(1, max(len(names), 1), squeeze=False)[0]
@@ -189,8 +176,8 @@ def score_boxplot(
     (paper Fig. 4a/6); `paper` maps size -> (mean, sd) drawn as mean ± s.d. where the paper
     reports one."""
     sizes = sorted(metrics["size"].unique())
-    fold_means = _fold_means(metrics, score)
-    values = [fold_means.loc[fold_means["size"] == s, score].dropna().to_numpy() for s in sizes]
+    fold_means = fold_scores(metrics, score)
+    values = [fold_means.loc[fold_means["size"] == s, "score"].to_numpy() for s in sizes]
     positions = np.arange(len(sizes))
     figure = Figure(figsize=(max(5.0, 0.45 * len(sizes) + 2.5), 4.2), layout="constrained")
     ax = figure.subplots()
@@ -231,7 +218,7 @@ def score_boxplot(
         )
     ax.legend(handles=handles, fontsize=8, loc="best")
     ax.set_xticks(positions, [str(s) for s in sizes], rotation=45 if len(sizes) > 10 else 0)
-    counts = fold_means.groupby("size")[score].count()
+    counts = fold_means.groupby("size")["score"].count().reindex(sizes, fill_value=0)
     ax.set_xlabel(f"Training-set size n (images; {_fold_count_text(counts)})")
     ax.set_ylabel(f"{METRIC_LABELS.get(score, score)} on the test fold")
     ax.grid(axis="y", alpha=0.3)
@@ -247,7 +234,7 @@ def spread_folds_seeds(metrics: pd.DataFrame, score: str, *, experiment: str = "
     label = METRIC_LABELS.get(score, score)
     replicated = metrics.groupby("size")["replicate"].max()
     sizes = sorted(replicated[replicated > 0].index)
-    between_folds = _fold_means(metrics, score).groupby("size")[score].std(ddof=1)
+    between_folds = fold_scores(metrics, score).groupby("size")["score"].std(ddof=1)
     between_seeds = metrics.groupby(["size", "fold"])[score].std(ddof=1).groupby("size").mean()
     replicates = metrics.groupby(["size", "fold"])["replicate"].count().groupby("size").max()
     figure = Figure(figsize=(max(4.5, 1.1 * len(sizes) + 2.5), 3.8), layout="constrained")
@@ -305,9 +292,25 @@ def learning_curve(
             color=COLLAPSED_COLOUR,
             label=f"collapsed: constant output ({len(collapsed)})",
         )
-    fold_means = _fold_means(metrics, score)
-    means = fold_means.groupby("size")[score].mean()
+    sizes = sorted(metrics["size"].unique())
+    fold_means = fold_scores(metrics, score).groupby("size")["score"]
+    means = fold_means.mean().reindex(sizes)
     ax.plot(means.index, means.to_numpy(), "s-", color="black", ms=4, lw=1, label="mean over folds")
+    _draw_fit(ax, fit)
+    fold_counts = _fold_count_text(fold_means.count().reindex(sizes, fill_value=0))
+    ax.set_xlabel(f"Training-set size n (images; {fold_counts})")
+    ax.set_ylabel(f"{label} on the test fold")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(
+        _title(experiment, f"learning curve ({label}), shaded: 95% bootstrap CI"), fontsize=11
+    )
+    return figure
+
+
+def _draw_fit(ax, fit: dict) -> None:
+    """The fitted learning curve with its bootstrap band, the plateau and the size reaching
+    the plateau fraction with its 95% CI (or why the fit failed)."""
     if fit["ok"]:
         curve = fit["curve"]
         ax.plot(
@@ -356,15 +359,6 @@ def learning_curve(
             ha="center",
             color=FIT_COLOUR,
         )
-    fold_counts = _fold_count_text(fold_means.groupby("size")[score].count())
-    ax.set_xlabel(f"Training-set size n (images; {fold_counts})")
-    ax.set_ylabel(f"{label} on the test fold")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    ax.set_title(
-        _title(experiment, f"learning curve ({label}), shaded: 95% bootstrap CI"), fontsize=11
-    )
-    return figure
 
 
 def confusion_matrix(
