@@ -18,8 +18,9 @@ from fewcells.analysis.compare import (
     read_metrics,
     wilcoxon_table,
 )
-from fewcells.config import compare_metric, validate_config
+from fewcells.config import validate_config
 from fewcells.errors import FewcellsError
+from fewcells.plan import compare_metric
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = yaml.safe_load((REPO / "tests/integration/configs/tiny_demo.yaml").read_text())

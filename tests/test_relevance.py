@@ -351,7 +351,7 @@ def test_explain_schema_matches_the_package():
 
 
 def test_explain_and_tsne_defaults_follow_the_sweep():
-    from fewcells.config import explain_folds, explain_sizes, tsne_fold, tsne_sizes
+    from fewcells.plan import explain_folds, explain_sizes, tsne_fold, tsne_sizes
 
     experiment = {
         "folds": {"sizes": [50, 10, 20, 30, 40, 60, 100], "run_folds": [3, 4], "k": 10},

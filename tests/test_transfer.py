@@ -14,8 +14,9 @@ import torch
 import yaml
 from test_train import CLASSES, IMAGE_SIZE, make_store
 
-from fewcells.config import pretrain_protocol, train_protocol, training_model, validate_config
+from fewcells.config import validate_config
 from fewcells.errors import FewcellsError
+from fewcells.plan import model_job_config, pretrain_job_config, train_job_config
 from fewcells.training.callbacks import EpochHistory
 from fewcells.training.datamodule import CellDataModule
 from fewcells.training.fit import fit_best, fit_head
@@ -254,12 +255,12 @@ def test_transfer_config_keys_and_what_the_jobs_read():
         "head_lr": 0.01,
         "freeze_batchnorm": True,
     }
-    model = training_model(target, "results/pretrained")
+    model = model_job_config(target, "results/pretrained")
     assert model["weights"] == "results/pretrained/tiny_source/model.ckpt"
     assert "pretrained" not in model
     scratch = config["experiments"]["tiny_scratch"]
-    assert scratch["train"]["finetune"] is None and "finetune" not in train_protocol(scratch)
-    assert training_model(scratch, "results/pretrained") == {
+    assert scratch["train"]["finetune"] is None and "finetune" not in train_job_config(scratch)
+    assert model_job_config(scratch, "results/pretrained") == {
         "name": "paper_cnn",
         "hidden": 32,
         "weights": None,
@@ -268,7 +269,7 @@ def test_transfer_config_keys_and_what_the_jobs_read():
         "init": None,
     }
     source = config["experiments"]["tiny_source"]
-    protocol = pretrain_protocol(source)
+    protocol = pretrain_job_config(source)
     assert protocol["batch_size"] == 16 and protocol["max_epochs"] == 2
     assert protocol["optimizer"] == "adam" and "finetune" not in protocol
     assert source["pretrain"]["val_fraction"] == 0.2
