@@ -1,31 +1,11 @@
-"""Benchmarks that print numbers: training throughput, the demo workflow, deduplication.
-
-- `training`: image-steps per second of a network (the paper CNN by default; `--model`
-  for the others; 257 px, batch 5, the paper's augmentation) through the workflow's
-  training path (`run_training`, one single-thread process per core, as
-  `snakemake --cores N` schedules training jobs), next to a plain single-process PyTorch
-  loop (channels-last, data in memory, all cores) measured in the same run; both count
-  training images per second of fit time, validation included.
-- `workflow`: wall time and peak memory of `snakemake --cores N` on a config (the demo by
-  default) in a fresh temporary folder.
-- `dedup`: hashing and confirming a folder of N generated images (with planted copies),
-  wall time and the peak memory of the dedup process.
-- `sweep`: epochs per training and the measured cost of a finished training-size sweep
-  (its train_info.json files), with the projected wall time on N cores.
-- `stacked-sweep`: the whole-sweep stacked engine (train.engine: stacked_sweep) on this
-  machine's device (a GPU when one is visible): every fold x size of ALL-IDB2's layout in one
-  job for a fixed number of epochs; wall time and image-steps per second.
-"""
+"""Training throughput: the workflow's training path beside a plain PyTorch loop, and the
+whole-sweep stacked engine (`fewcells benchmark training`, `stacked-sweep`)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import multiprocessing
 import os
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +14,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from fewcells.data.folds import assign_folds, training_set
 from fewcells.errors import FewcellsError
@@ -322,148 +301,5 @@ def benchmark_training(
         print(
             f"  stacked engine, 1 job x {cores} threads, 10 folds on {stacked['device']}: "
             f"{stacked_rate:8.1f} image-steps/s ({result['stacked_speedup']:.2f}x plain)"
-        )
-    return result
-
-
-def benchmark_workflow(
-    repo: Path, configfiles: list[Path], *, cores: int, workdir: Path | None = None
-) -> dict:
-    """Wall time and peak memory (largest job) of `snakemake --cores N` in a fresh folder.
-
-    The folder is a temporary one, or `workdir` (created; kept, with the results).
-    """
-    with contextlib.ExitStack() as stack:
-        if workdir is None:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="fewcells-")))
-        elif workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
-            raise FewcellsError(f"benchmark workflow: {workdir} is not an empty folder")
-        workdir.mkdir(parents=True, exist_ok=True)
-        command = [
-            sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"),
-            "--cores", str(cores), "--quiet", "progress",
-            "--configfile", *map(str, configfiles),
-        ]  # fmt: skip
-        started = time.perf_counter()
-        subprocess.run(command, cwd=workdir, check=True)
-        wall = time.perf_counter() - started
-        jobs = [pd.read_csv(p, sep="\t") for p in workdir.glob("results/benchmarks/**/*.tsv")]
-        peak_job = max(float(job["max_rss"].max()) for job in jobs) if jobs else float("nan")
-    result = {
-        "cores": cores,
-        "wall_seconds": round(wall, 1),
-        "peak_job_rss_mb": round(peak_job),
-        "peak_process_rss_mb": round(peak_rss_mb(resource.RUSAGE_CHILDREN)),
-    }
-    print(
-        f"workflow ({', '.join(p.name for p in configfiles)}) on {cores} cores: "
-        f"{wall:.0f} s wall; peak memory of one job {peak_job:.0f} MB "
-        f"(largest process {result['peak_process_rss_mb']} MB)"
-    )
-    return result
-
-
-def _smear(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A random 'smear': pale background, 20 discs of random colour and radius, pixel noise."""
-    yy, xx = np.ogrid[:size, :size]
-    image = np.full((size, size, 3), 220.0, dtype=np.float32)
-    for _ in range(20):
-        cy, cx = rng.uniform(0, size, 2)
-        inside = (yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(10, 40) ** 2
-        image[inside] = rng.uniform(60, 200, 3)
-    image += rng.normal(0, 4, image.shape).astype(np.float32)
-    return np.clip(image, 0, 255).astype(np.uint8)
-
-
-def write_dedup_images(folder: Path, n_images: int, *, n_copies: int, image_size: int) -> None:
-    """`n_images` random smears (jpg) listed in labels.csv; the last `n_copies` are shifted
-    crops of the first ones (the hardest ALL-IDB2 duplicate kind for a byte checksum)."""
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    n_originals = n_images - n_copies
-    margin = 16
-    for index in range(n_originals):
-        scene = _smear(rng, image_size + margin)
-        original = scene[margin // 2 :, margin // 2 :][:image_size, :image_size]
-        Image.fromarray(original).save(folder / f"Im{index:05d}.jpg", quality=95)
-        if index < n_copies:
-            dy, dx = rng.integers(0, margin, 2)
-            copy = scene[dy : dy + image_size, dx : dx + image_size]
-            Image.fromarray(copy).save(folder / f"Im{n_originals + index:05d}.jpg", quality=95)
-    names = [f"Im{index:05d}.jpg" for index in range(n_images)]
-    pd.DataFrame({"path": names, "label": "cell"}).to_csv(folder / "labels.csv", index=False)
-
-
-def benchmark_dedup(*, n_images: int = 20000, threads: int | None = None) -> dict:
-    """Deduplicate `n_images` generated images with `fewcells dedup`; time and peak memory."""
-    threads = threads or os.cpu_count() or 1
-    n_copies = max(1, n_images // 100)
-    with tempfile.TemporaryDirectory(prefix="fewcells-dedup-") as tmp:
-        folder = Path(tmp) / "img"
-        write_dedup_images(folder, n_images, n_copies=n_copies, image_size=257)
-        command = [
-            sys.executable, "-m", "fewcells.cli", "dedup", str(folder), "--kind", "csv",
-            "--threads", str(threads), "--out", str(Path(tmp) / "out"),
-        ]  # fmt: skip
-        before = peak_rss_mb(resource.RUSAGE_CHILDREN)
-        started = time.perf_counter()
-        subprocess.run(command, check=True)
-        wall = time.perf_counter() - started
-        peak = peak_rss_mb(resource.RUSAGE_CHILDREN)
-        summary = json.loads((Path(tmp) / "out" / "dedup_summary.json").read_text())
-    result = {
-        "images": n_images,
-        "threads": threads,
-        "wall_seconds": round(wall, 1),
-        "peak_rss_mb": round(peak) if peak > before else None,
-        "removed": summary["removed"],
-        "planted_copies": n_copies,
-    }
-    print(
-        f"dedup of {n_images} generated 257 px images ({n_copies} planted copies) on {threads} "
-        f"threads: {wall:.1f} s wall, peak memory {result['peak_rss_mb']} MB, "
-        f"{summary['removed']} removed"
-    )
-    return result
-
-
-def sweep_cost(
-    train_root: Path, *, cores: int, sizes: list[int] | None = None, folds: int | None = None
-) -> dict:
-    """Epochs per training and job seconds of a finished sweep (EXPERIMENT/train).
-
-    A stacked engine's job (train_info's networks_in_job) counts its seconds once, shared
-    among its networks. With `sizes` and `folds`, also projects the wall time of a sweep of
-    those sizes x folds on `cores` cores: job seconds per size interpolated linearly between
-    the sizes measured.
-    """
-    paths = sorted(train_root.glob("n*/fold*/train_info.json"))
-    if not paths:
-        raise FewcellsError(f"{train_root}: no n*/fold*/train_info.json files")
-    frame = pd.DataFrame([json.loads(p.read_text()) for p in paths])
-    if "networks_in_job" in frame:
-        frame["seconds"] /= frame["networks_in_job"].fillna(1)
-    result = {
-        "trainings": len(frame),
-        "epochs_median": float(frame["epochs_run"].median()),
-        "epochs_max": int(frame["epochs_run"].max()),
-        "job_seconds_total": round(float(frame["seconds"].sum())),
-        "wall_seconds_on_cores": round(float(frame["seconds"].sum()) / cores),
-        "peak_rss_mb_max": round(float(frame["peak_rss_mb"].max())),
-    }
-    print(
-        f"sweep {train_root}: {len(frame)} trainings, epochs median {result['epochs_median']:.0f}"
-        f" max {result['epochs_max']}; {result['job_seconds_total']} job-seconds = "
-        f"{result['wall_seconds_on_cores'] / 60:.0f} min on {cores} cores; "
-        f"peak memory per job {result['peak_rss_mb_max']} MB"
-    )
-    if sizes and folds:
-        per_size = frame.groupby("size")["seconds"].mean()
-        seconds = np.interp(sizes, per_size.index.to_numpy(), per_size.to_numpy()) * folds
-        result["projected_trainings"] = len(sizes) * folds
-        result["projected_wall_seconds"] = round(float(seconds.sum()) / cores)
-        print(
-            f"projected: {len(sizes)} sizes x {folds} folds = {len(sizes) * folds} trainings, "
-            f"{result['projected_wall_seconds'] / 3600:.1f} h on {cores} cores"
         )
     return result
