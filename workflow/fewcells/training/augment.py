@@ -44,7 +44,7 @@ def _sampling_grid(matrix: torch.Tensor, height: int, width: int) -> torch.Tenso
     return (from_x + from_y).permute(0, 2, 3, 1)
 
 
-def _rotation_matrix(degrees: torch.Tensor) -> torch.Tensor:
+def rotation_matrix(degrees: torch.Tensor) -> torch.Tensor:
     """Sampling matrices (B, 2, 2) that turn pictures anticlockwise (as displayed) by `degrees`."""
     radians = torch.deg2rad(degrees)
     cos, sin = torch.cos(radians), torch.sin(radians)
@@ -85,7 +85,7 @@ def rotate_batch(
     edge pixel (Keras fill_mode "nearest"). `sampling` "nearest" reads the nearest input pixel
     (Keras' ImageDataGenerator, scipy order 0) instead of interpolating bilinearly.
     """
-    return _resample(images, _rotation_matrix(degrees.to(images.device)), sampling)
+    return _resample(images, rotation_matrix(degrees.to(images.device)), sampling)
 
 
 class BatchAugment(nn.Module):
@@ -162,7 +162,7 @@ class BatchAugment(nn.Module):
         )
         x = images if in_kernel or images.dtype != torch.uint8 else images.float().div(255.0)
         if self.rotation:
-            matrix = _rotation_matrix(draws["degrees"])
+            matrix = rotation_matrix(draws["degrees"])
             if self.flips:
                 # Flip then rotate in one resampling: read the rotated position, mirrored.
                 signs = (

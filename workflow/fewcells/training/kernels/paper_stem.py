@@ -20,7 +20,7 @@ WEIGHT_SHAPES = ((4, 3, 3, 3), (8, 4, 3, 3), (8, 8, 3, 3))
 MIN_SIZE = 78  # the third block needs a vector (up to 16) of convolution columns
 
 
-class _PaperStemFunction(torch.autograd.Function):
+class PaperStemFunction(torch.autograd.Function):
     """Autograd of the fused kernel: gradients for the weights and biases, not the input."""
 
     @staticmethod
@@ -62,4 +62,4 @@ def paper_stem(x: torch.Tensor, convs: Sequence[torch.nn.Conv2d]) -> torch.Tenso
     """pool(conv3(relu(pool(conv2(relu(pool(conv1(x)))))))) by the fused kernel, channels-last
     (check `fused_applies` first)."""
     parameters = [p for conv in convs for p in (conv.weight, conv.bias)]
-    return _PaperStemFunction.apply(x, *parameters)
+    return PaperStemFunction.apply(x, *parameters)
