@@ -270,7 +270,7 @@ def test_the_config_schema_knows_the_model_keys():
 
 
 def test_a_trained_job_checkpoint_loads_and_a_frozen_resnet_trains(tmp_path):
-    """A real Lightning model.ckpt from run_training loads as weights; train.py runs resnet18."""
+    """A real Lightning model.ckpt from run_training loads as weights; resnet18 trains too."""
     from test_train import IMAGE_SIZE, make_store
 
     from fewcells.training.run import run_training

@@ -22,6 +22,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from fewcells.atomic import write_csv, write_png
 from fewcells.contracts import EMBEDDING_KEYS, read_classes
 from fewcells.errors import FewcellsError
+from fewcells.explain import plots
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,6 @@ def tsne_fold(
 ) -> pd.DataFrame:
     """tSNE per training size of one fold; writes tsne_coordinates.csv, separation.csv,
     tsne.png and separation.png to out_dir and returns the separation table."""
-    from fewcells.explain import plots as plots_explain
 
     class_names, _ = read_classes(classes_json)
     out_dir = Path(out_dir)
@@ -127,10 +127,10 @@ def tsne_fold(
     coordinates = pd.concat(coordinates, ignore_index=True)
     table = pd.DataFrame(rows)
     figures = {
-        "tsne.png": plots_explain.tsne_panels(
+        "tsne.png": plots.tsne_panels(
             coordinates, table, class_names, experiment=experiment, fold=fold
         ),
-        "separation.png": plots_explain.separation_plot(table, experiment=experiment, fold=fold),
+        "separation.png": plots.separation_plot(table, experiment=experiment, fold=fold),
     }
     write_csv(coordinates, out_dir / "tsne_coordinates.csv")
     write_csv(table, out_dir / "separation.csv")
