@@ -2,4 +2,5 @@
 LightningModule, the training engines (one network per job, sequential, stacked) and
 pretraining for transfer learning; `kernels/` holds the compiled CPU kernels.
 
-Every file in this package is an input of the training rules: editing one retrains."""
+Every file here is an input of the training jobs (pretrain.py of the pretraining jobs only),
+so editing one reruns them."""
