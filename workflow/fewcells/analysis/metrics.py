@@ -166,7 +166,7 @@ def task_metrics(pred: pd.DataFrame, class_names: Sequence[str], task: str) -> p
 
 def network_outputs(pred: pd.DataFrame) -> pd.DataFrame:
     """Per network (size, fold, replicate): the spread of its test and validation outputs
-    and whether they are constant (`collapsed`, see fewcells.collapse)."""
+    and whether they are constant (`collapsed`, see fewcells.contracts)."""
     columns = probability_columns(pred)
     rows = []
     pred = with_replicate(pred)

@@ -6,8 +6,8 @@ augmented at once with one random draw per image; flips and rotation are one bil
 `grid_sample` (an affine sampling grid, padding_mode "border": the tensor equivalent of
 "nearest").
 With `fused_cpu_kernel`, uint8 images on the CPU are rotated and flipped by the compiled kernel
-of fewcells.paper_stem (kernels/rotate.cpp): the same sampling straight from the stored bytes
-to planar floats, equal to grid_sample's result up to float rounding.
+(kernels/rotate.cpp, built by fewcells.training.kernels.loader): the same sampling straight
+from the stored bytes to planar floats, equal to grid_sample's result up to float rounding.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from fewcells.errors import FewcellsError
 from fewcells.training.kernels.paper_stem import fused_applies, paper_stem
 
 PAPER_FILTERS = (4, 8, 8, 8, 16, 16)
-FUSED_CONVS = (0, 3, 6)  # positions in `features` of the convolutions fewcells.paper_stem fuses
+FUSED_CONVS = (0, 3, 6)  # positions in `features` of the convolutions kernels.paper_stem fuses
 
 
 def _size_after_blocks(image_size: int, n_blocks: int) -> int:
@@ -56,7 +56,7 @@ class PaperCNN(nn.Module):
     returns the 32-d hidden layer after its ReLU. Each block pools before its ReLU: max pooling
     commutes with the monotone ReLU, so values and gradients are exactly those of
     conv-ReLU-pool, with the ReLU on 4x fewer pixels. With `fused_cpu_kernel` set, the first
-    three blocks run as one compiled CPU kernel (fewcells.paper_stem) wherever it applies (a CPU
+    three blocks run as one compiled CPU kernel (kernels.paper_stem) wherever it applies (a CPU
     input that needs no gradient, so not for saliency or LRP); the results equal PyTorch's up
     to float rounding. `init` "keras" (the default, the authors' protocol) initialises as
     `keras_init`; "torch" keeps PyTorch's layer defaults (kaiming_uniform with a = sqrt(5),

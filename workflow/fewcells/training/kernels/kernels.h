@@ -1,4 +1,4 @@
-// The CPU kernels the Python module `fewcells.paper_stem` loads (bound in module.cpp).
+// The CPU kernels that fewcells.training.kernels.loader builds and loads (bound in module.cpp).
 #pragma once
 
 #include <ATen/ATen.h>

@@ -3,7 +3,7 @@
 // M @ p (p: the pixel's offset from the image centre, M: the image's 2 x 2 sampling matrix) is
 // read by bilinear interpolation, positions outside the image clamped to its edge, and the
 // value divided by 255. This is grid_sample(x / 255, grid, "bilinear", padding_mode="border",
-// align_corners=False) with fewcells.augment's sampling grid, without the float copy of the
+// align_corners=False) with fewcells.training.augment's sampling grid, without the float copy of the
 // input, the grid and the channels-last to planar copy. A vector of output pixels at a time:
 // the four neighbours are fetched with one 32-bit gather each (all channels of a pixel at once).
 #include <ATen/ATen.h>
