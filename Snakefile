@@ -29,6 +29,7 @@ include: "workflow/rules/transfer.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/explain.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/predict.smk"
 
 
 rule all:

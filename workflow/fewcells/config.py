@@ -144,6 +144,9 @@ def validate_config(config: dict) -> dict:
         )
     _check_compare(config)
     _check_transfer(config)
+    from fewcells.predict.entries import check_predict
+
+    check_predict(config)
     return config
 
 

@@ -16,6 +16,11 @@ from fewcells import runlock
 from fewcells.config import check_config_file, validate_config
 from fewcells.data.fetch import source_listing
 from fewcells.errors import FewcellsError
+from fewcells.predict.entries import (
+    entry_classes,
+    entry_train_dirs,
+    set_aside_dependency,
+)
 from fewcells.plan import (
     common_sizes_and_folds,
     compare_metric,
@@ -154,6 +159,7 @@ wildcard_constraints:
     fold=r"\d+",
     run=r"fold\d+(_rep\d+)?",
     comparison=r"[A-Za-z0-9_-]+",
+    name=r"[A-Za-z0-9_-]+",
 
 
 def one_of(names):
@@ -233,6 +239,13 @@ REPORT_SECTIONS = {
         "{comparison}",
         {"comparison": "{comparison}"},
         "ensemble",
+    ),
+    "predict": (
+        f"{RESULTS}/{{experiment}}/predict/{{name}}",
+        "{experiment}",
+        "Prediction {name}",
+        {"experiment": "{experiment}", "prediction": "{name}"},
+        "predict",
     ),
 }
 

@@ -14,6 +14,7 @@ rule folds:
                 k: v
                 for k, v in experiment_config(w)["folds"].items()
                 if k not in ("sizes", "run_folds")
+                and not (k == "set_aside" and v is None)
             }
             | {"classes": experiment_config(w).get("classes")}
         ),

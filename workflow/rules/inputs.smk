@@ -157,3 +157,31 @@ def masks_option(wildcards):
     if dataset["kind"] == "demo":
         return f"--masks {DATASETS}/{dataset_of(wildcards)}/files/masks"
     return ""
+
+
+PREDICT_ENTRIES = {(e["experiment"], e["name"]): e for e in CONFIG["predict"]}
+
+
+def predict_entry(wildcards):
+    return PREDICT_ENTRIES[(wildcards.experiment, wildcards.name)]
+
+
+def predict_inputs(wildcards):
+    """The networks of a predict entry (and their test predictions, for the internal
+    numbers and validation thresholds), the classes, and a set-aside table it reads."""
+    entry = predict_entry(wildcards)
+    dirs = entry_train_dirs(CONFIG, entry)
+    return {
+        "classes": f"{RESULTS}/{wildcards.experiment}/folds/classes.json",
+        "models": [f"{d}/model.ckpt" for d in dirs],
+        "predictions": [f"{d}/predictions.csv" for d in dirs],
+        "set_aside": set_aside_dependency(CONFIG, entry),
+    }
+
+
+def predict_listing(entry):
+    """The file listing of a predict entry's folder (reruns it when files change); none for
+    a set-aside folder of this run, whose set_aside.csv is an input."""
+    if set_aside_dependency(CONFIG, entry):
+        return ""
+    return source_listing(entry["images"])

@@ -16,6 +16,13 @@ ENSEMBLE_FILES = (
     "ensemble.md",
     "ensemble.png",
 )
+PREDICT_FILES = (
+    "predictions.csv",
+    "contact_sheet.png",
+    "external_metrics.csv",
+    "external.md",
+    "external_confusion.png",
+)
 MERGED_FILES = (
     "merged_metrics.csv",
     "merged_summary.csv",
@@ -149,4 +156,12 @@ def all_targets():
         targets += [f"{RESULTS}/comparisons/{name}/{file}" for file in COMPARISON_FILES]
     for name in ENSEMBLES:
         targets += [f"{RESULTS}/comparisons/{name}/{file}" for file in ENSEMBLE_FILES]
+    for experiment in CONFIG["run"]:
+        if CONFIG["experiments"][experiment]["folds"]["set_aside"]:
+            targets.append(f"{RESULTS}/{experiment}/set_aside/set_aside.csv")
+    for entry in CONFIG["predict"]:
+        targets += [
+            f"{RESULTS}/{entry['experiment']}/predict/{entry['name']}/{file}"
+            for file in PREDICT_FILES
+        ]
     return targets

@@ -46,12 +46,14 @@ def test_rows(pred: pd.DataFrame) -> pd.DataFrame:
     return pred[pred["split"] == "test"]
 
 
-def _youden(y_true: np.ndarray, score: np.ndarray) -> tuple[float, float, float]:
-    """Threshold maximising sensitivity + specificity - 1, and that sens/spec.
+def youden(y_true: np.ndarray, score: np.ndarray) -> tuple[float, float, float]:
+    """The threshold of `score` maximising sensitivity + specificity - 1 for the 0/1 truth
+    `y_true` (e.g. chosen on validation images), and that sensitivity and specificity.
 
     Predicted positive means score >= threshold. Among tied optima the highest threshold
     wins; the threshold is always one of the observed scores.
     """
+    y_true, score = np.asarray(y_true), np.asarray(score, dtype=float)
     fpr, tpr, thresholds = roc_curve(y_true, score, drop_intermediate=False)
     finite = np.isfinite(thresholds)
     fpr, tpr, thresholds = fpr[finite], tpr[finite], thresholds[finite]
@@ -102,7 +104,7 @@ def binary_metrics(pred: pd.DataFrame, positive_class: str) -> pd.DataFrame:
         }
         if n_positive and n_negative:
             row["roc_auc"] = roc_auc_score(y_true, score)
-            threshold, sensitivity, specificity = _youden(y_true, score)
+            threshold, sensitivity, specificity = youden(y_true, score)
             row.update(
                 youden_threshold=threshold,
                 youden_sensitivity=sensitivity,

@@ -20,6 +20,11 @@ def mean_sd(mean: float, sd: float) -> str:
     return f"{mean:.3f} ± {sd:.3f}" if np.isfinite(sd) else f"{mean:.3f}"
 
 
+def series_mean_sd(values: pd.Series) -> str:
+    """mean_sd of the values that are not NaN (the mean alone for one value)."""
+    return mean_sd(values.mean(), values.std(ddof=1))
+
+
 def classwise_markdown(summary: pd.DataFrame, size: int) -> list[str]:
     """Matek-style table (class, precision, sensitivity, images) of one training size."""
     table = summary[summary["size"] == size]

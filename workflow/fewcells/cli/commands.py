@@ -141,9 +141,11 @@ def cmd_folds(args) -> None:
             not isinstance(spec[key], int) or isinstance(spec[key], bool)
         ):
             raise FewcellsError(f"--spec: {key} must be a whole number, not {spec[key]!r}")
-    kept = read_table(
-        args.kept, ("image_id", "label"), what="a kept.csv of dedup", dtype=KEPT_DTYPES
-    )
+    kept = read_table(args.kept, ("image_id", "label"), what=KEPT_CSV, dtype=KEPT_DTYPES)
+    if spec.get("set_aside"):
+        from fewcells.predict.set_aside import without_set_aside
+
+        kept = without_set_aside(kept, spec["set_aside"], spec["seed"])
     folds, names = assign_folds(
         kept,
         spec.get("classes"),
@@ -167,9 +169,7 @@ def cmd_folds(args) -> None:
 def cmd_store(args) -> None:
     from fewcells.data.store import build_store
 
-    kept = read_table(
-        args.kept, ("image_id", "path", "label"), what="a kept.csv of dedup", dtype=KEPT_DTYPES
-    )
+    kept = read_table(args.kept, ("image_id", "path", "label"), what=KEPT_CSV, dtype=KEPT_DTYPES)
     build_store(kept, args.out, args.image_size, args.fit)
     print(f"store: {len(kept)} images at {args.image_size} px in {args.out}", file=sys.stderr)
 
@@ -380,6 +380,14 @@ def cmd_benchmark(args) -> None:
         )
     elif args.what == "dedup":
         result = benchmark.benchmark_dedup(n_images=args.images, threads=args.cores)
+    elif args.what == "predict":
+        from fewcells.predict.speed import benchmark_predict
+
+        result = benchmark_predict(
+            n_images=args.images if args.images != 20000 else 4096,
+            threads=args.cores,
+            repeats=max(args.repeats, 3),
+        )
     elif args.what == "stacked-sweep":
         result = benchmark.benchmark_stacked_sweep(
             sizes=args.sizes, folds=args.folds, epochs=args.epochs, threads=args.cores

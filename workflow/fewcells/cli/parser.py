@@ -1,5 +1,7 @@
 """The `fewcells` command's argument parser: one subcommand per workflow stage, each calling
-its function in fewcells.cli.commands."""
+its function in fewcells.cli.commands (fewcells.cli.predict_commands for the commands that
+use trained networks). One cohesive thing, longer than the other modules: the declaration
+of every subcommand's arguments and help."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fewcells.cli import commands
+from fewcells.cli import commands, predict_commands
 from fewcells.config import STACKED_ENGINES
 from fewcells.data.manifest import KINDS
 
@@ -87,6 +89,29 @@ def add_multi_network_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", type=int_list, required=True, help="comma-separated sizes")
     add_network_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="train folder: OUT/n{size}/fold{k}/")
+
+
+def images_argument(text: str) -> dict | str:
+    """--images: a JSON object (a data set entry) or a folder of images."""
+    return json_object(text) if text.lstrip().startswith("{") else text
+
+
+def add_use_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments `predict` and `export` share: the config way and the explicit way."""
+    p.add_argument("--configfile", type=Path, help="a fewcells config: the networks from it")
+    p.add_argument("--results", type=Path, help="with --configfile: its results folder")
+    p.add_argument("--experiment", help="the experiment (with --configfile: whose networks)")
+    p.add_argument(
+        "--size", type=int, help="with --configfile: training size (default: the largest)"
+    )
+    p.add_argument(
+        "--networks", default="all", help="with --configfile: all (ensemble) or a fold number"
+    )
+    p.add_argument("--name", help="name shown in the outputs")
+    p.add_argument("--train-dirs", nargs="+", help="training folders .../n<size>/fold<k>[_rep<r>]")
+    p.add_argument("--classes", type=Path, help="the experiment's classes.json")
+    p.add_argument("--fit", choices=["pad", "resize"], default="pad", help="the image.fit")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -365,10 +390,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", type=Path, help="the results folder (config key results)")
     p.set_defaults(func=commands.cmd_unlock)
 
+    p = sub.add_parser("set-aside", help="set images aside before the folds (folds.set_aside)")
+    p.add_argument("kept", type=Path, help="the kept.csv of dedup (image_id, label, path)")
+    p.add_argument("--per-label", type=positive_int, required=True, help="images per label")
+    p.add_argument("--seed", type=int, default=0, help="folds.seed")
+    p.add_argument("--out", type=Path, required=True, help="folder: set_aside.csv, images/")
+    p.set_defaults(func=predict_commands.cmd_set_aside)
+
+    p = sub.add_parser("predict", help="classify images with trained networks (and validate)")
+    add_use_arguments(p)
+    p.add_argument(
+        "--images",
+        type=images_argument,
+        help="a folder of images, or a data set entry (JSON: kind, source, on_bad_image, ...)",
+    )
+    p.add_argument("--rescale", type=float, help="scale factor before image.fit (pixel size)")
+    p.add_argument(
+        "--classes-map", type=json_value, help="JSON list of {name, labels}: label mapping"
+    )
+    p.add_argument("--explain", type=json_object, default={}, help="LRP settings (JSON)")
+    p.add_argument("--sheet-images", type=positive_int, default=4, help="per contact-sheet group")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
+    p.add_argument("--threads", type=positive_int, default=1, help="CPU threads")
+    p.add_argument("--dpi", type=int, default=150, help="figure resolution")
+    p.set_defaults(func=predict_commands.cmd_predict)
+
+    p = sub.add_parser("export", help="write networks as TorchScript, ONNX and a model card")
+    add_use_arguments(p)
+    p.add_argument("--dataset", help="training data set name (for the model card)")
+    p.add_argument("--manifest", type=Path, help="its manifest.csv (sha256 in the model card)")
+    p.set_defaults(func=predict_commands.cmd_export)
+
     p = sub.add_parser("benchmark", help="print speed and memory numbers (see fewcells.benchmark)")
     p.add_argument(
         "what",
-        choices=["training", "workflow", "dedup", "sweep", "stacked-sweep"],
+        choices=["training", "workflow", "dedup", "sweep", "stacked-sweep", "predict"],
         help="what to measure",
     )
     p.add_argument("--cores", type=int, default=None, help="default: all cores")

@@ -10,6 +10,7 @@ the way ALL-IDB2 has them and listed in planted_duplicates.csv as ground truth.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -77,11 +78,14 @@ def generate_demo(
     image_size: int = 257,
     n_duplicates: int = 10,
     classes: list[str] | None = None,
+    colour_shift: Sequence[float] | None = None,
 ) -> pd.DataFrame:
     """Write the synthetic data set to out_dir atomically; return its labels (path, label).
 
     Writes <class>/<class>_NNNN.tif, masks/<class>/<class>_NNNN.png, labels.csv and
     planted_duplicates.csv (original, duplicate, kind). Same seed, same bytes.
+    `colour_shift` (gains for red, green, blue) photographs with another stain and lamp:
+    an image set from "another laboratory" for external validation.
     """
     out_dir = Path(out_dir)
     counts = _class_counts(n_per_class, classes)
@@ -96,14 +100,14 @@ def generate_demo(
         for item in plan:
             rng = np.random.default_rng([seed, item.class_index, item.scene_index])
             scene = render_scene(item.label, rng, canvas_size=canvas_size, scale=scale)
-            photo = photograph(scene, rng)
+            photo = _shift_colour(photograph(scene, rng), colour_shift)
             _save(tmp, item.path, item.window.cut(photo), mask_image(scene, item.window))
             if item.duplicate_kind == "exact":
                 shutil.copyfile(tmp / item.path, tmp / item.duplicate_path)
                 shutil.copyfile(tmp / _mask_path(item.path), tmp / _mask_path(item.duplicate_path))
             elif item.duplicate_kind is not None:
                 if item.duplicate_kind == "rephotographed":
-                    photo = photograph(scene, rng, retake=True)
+                    photo = _shift_colour(photograph(scene, rng, retake=True), colour_shift)
                 window = item.duplicate_window
                 _save(tmp, item.duplicate_path, window.cut(photo), mask_image(scene, window))
         labels = _labels_frame(plan)
@@ -250,6 +254,16 @@ def _shifted_windows(rng: np.random.Generator, image_size: int) -> tuple[Window,
         Window(first[0], first[1], image_size, image_size),
         Window(second[0], second[1], image_size, image_size),
     )
+
+
+def _shift_colour(photo: np.ndarray, gains: Sequence[float] | None) -> np.ndarray:
+    """The photo with each colour channel multiplied by its gain (None: unchanged)."""
+    if gains is None:
+        return photo
+    if len(gains) != 3 or any(not 0 < g <= 4 for g in gains):
+        raise FewcellsError(f"demo colour_shift: needs three gains in (0, 4], got {gains!r}")
+    shifted = photo.astype(np.float32) * np.asarray(gains, dtype=np.float32) + 0.5
+    return np.clip(shifted, 0, 255).astype(np.uint8)
 
 
 def _mask_path(image_path: str) -> str:

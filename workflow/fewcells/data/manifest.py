@@ -7,6 +7,8 @@ Supported layouts (``dataset.kind``):
 - ``aml_tcia``: ``root/CODE/CODE_NNNN.tiff`` plus ``annotations.dat``; images are matched to
   annotation rows by file name because folder names do not always match the annotation path.
 - ``csv``: ``root/labels.csv`` with columns ``path,label`` (extra columns are carried along).
+- ``folder`` (image sets to classify only): every image under ``root``, without labels; a
+  ``csv`` table may then also lack the ``label`` column (``require_labels=False``).
 
 Images are read one at a time, so memory does not grow with the number of images.
 """
@@ -32,6 +34,8 @@ from fewcells.contracts import MANIFEST_COLUMNS
 from fewcells.errors import FewcellsError
 
 KINDS = ("all_idb2", "pbc", "aml_tcia", "csv")
+# Layouts of image sets that are classified, not trained on: labels are optional ("" if none).
+UNLABELLED_KINDS = ("folder",)
 ON_BAD_IMAGE = ("error", "skip")
 IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".jpg", ".jpeg", ".png", ".bmp"})
 AML_REANNOTATION_COLUMNS = ["label_reannotation1", "label_reannotation2"]
@@ -174,13 +178,22 @@ def _aml_entries(root: Path, bad: _BadFiles, annotations: Path) -> Iterator[Entr
         yield path, dict(zip(["label", *AML_REANNOTATION_COLUMNS], classes, strict=True))
 
 
-def _csv_entries(root: Path, bad: _BadFiles, labels_csv: Path) -> Iterator[Entry]:
+def _folder_entries(root: Path) -> Iterator[Entry]:
+    for path in _image_files(root):
+        yield path, {"label": ""}
+
+
+def _csv_entries(
+    root: Path, bad: _BadFiles, labels_csv: Path, require_labels: bool = True
+) -> Iterator[Entry]:
     if not labels_csv.is_file():
         raise FewcellsError(f"{labels_csv}: label table not found (dataset.labels_csv)")
     try:
         table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise FewcellsError(f"{labels_csv}: cannot parse as CSV ({error})") from error
+    if not require_labels and "label" not in table.columns:
+        table["label"] = ""
     for column in ("path", "label"):
         if column not in table.columns:
             raise FewcellsError(f"{labels_csv}: missing column '{column}' (needs path,label)")
@@ -191,7 +204,7 @@ def _csv_entries(root: Path, bad: _BadFiles, labels_csv: Path) -> Iterator[Entry
         )
     extra_columns = [c for c in table.columns if c not in ("path", "label")]
     for line, record in enumerate(table.to_dict("records"), start=2):
-        if not record["path"] or not record["label"]:
+        if not record["path"] or (require_labels and not record["label"]):
             raise FewcellsError(f"{labels_csv}, line {line}: empty path or label")
         path = Path(os.path.abspath(root / record["path"]))
         if not path.is_file():
@@ -253,15 +266,18 @@ def build_manifest(
     annotations: str | None = None,
     log: Callable[[str], object] | None = None,
     skip_advice: str = SKIP_ADVICE,
+    require_labels: bool = True,
 ) -> pd.DataFrame:
     """Table of every image under `root` for layout `kind`, one row per image, sorted by id.
 
     Bad files (unreadable, not images, misnamed for the layout) are all reported in one
     error, or with ``on_bad_image="skip"`` logged one warning each and left out;
-    `skip_advice` is how the caller's user asks for that.
+    `skip_advice` is how the caller's user asks for that. With ``require_labels=False``
+    (image sets to classify) kind ``folder`` is allowed and a csv table needs no labels.
     """
-    if kind not in KINDS:
-        raise FewcellsError(f"dataset.kind: unknown kind {kind!r}; allowed: {', '.join(KINDS)}")
+    kinds = KINDS if require_labels else KINDS + UNLABELLED_KINDS
+    if kind not in kinds:
+        raise FewcellsError(f"dataset.kind: unknown kind {kind!r}; allowed: {', '.join(kinds)}")
     if on_bad_image not in ON_BAD_IMAGE:
         raise FewcellsError(
             f"dataset.on_bad_image: unknown value {on_bad_image!r}; "
@@ -278,8 +294,10 @@ def build_manifest(
     elif kind == "aml_tcia":
         annotations_path = root / "annotations.dat" if annotations is None else Path(annotations)
         entries = _aml_entries(root, bad, annotations_path)
+    elif kind == "folder":
+        entries = _folder_entries(root)
     else:
-        entries = _csv_entries(root, bad, root / labels_csv)
+        entries = _csv_entries(root, bad, root / labels_csv, require_labels)
 
     rows: list[dict[str, object]] = []
     path_by_id: dict[str, Path] = {}
