@@ -30,6 +30,7 @@ from fewcells.contracts import MAIN_METRIC, RUN_KEYS, read_classes
 from fewcells.errors import FewcellsError
 
 PLOT_OPTION_DEFAULTS = {"dpi": 150, "roc_sizes": None, "loss_sizes": None}
+BOXPLOT_FILES = {"binary": "auc_boxplot.png", "multiclass": "f1_boxplot.png"}
 
 
 def checked_plot_options(plot_options: dict | None, sizes: Sequence[int]) -> dict:
@@ -103,23 +104,15 @@ def evaluate_experiment(
         "summary.csv": summary,
         "learning_curve.csv": curve_fit["curve"],
     }
-    figures = {
-        "loss_curves.png": plots.loss_curves(
-            history[history["replicate"] == 0], options["loss_sizes"], experiment=experiment
-        ),
-        "learning_curve.png": plots.learning_curve(
-            metrics, curve_fit, score=main, experiment=experiment
-        ),
-    }
-    if (metrics["replicate"] > 0).any():
-        figures["spread_folds_seeds.png"] = plots.spread_folds_seeds(
-            metrics, main, experiment=experiment
-        )
+    figures = sweep_figures(history, metrics, summary, curve_fit, task, options, experiment)
     first_networks = pred[pred["replicate"] == 0]
-    task_outputs = binary_outputs if task == "binary" else multiclass_outputs
-    task_tables, task_figures = task_outputs(
-        first_networks, metrics, summary, class_names, options, experiment
-    )
+    if task == "binary":
+        roc_sizes = sorted(metrics.loc[metrics["roc_auc"].notna(), "size"].unique())
+        task_tables, task_figures = binary_outputs(
+            first_networks, class_names[1], roc_sizes, options["roc_sizes"], experiment
+        )
+    else:
+        task_tables, task_figures = multiclass_outputs(first_networks, class_names, experiment)
     tables |= task_tables
     figures |= task_figures
     extra_lines = []
@@ -137,6 +130,37 @@ def evaluate_experiment(
     )
     fits = fit_parameters(curve_fit) | {"without_collapsed": fit_parameters(clean_fit)}
     write_evaluation(Path(out_dir), tables, fits, markdown, figures, options["dpi"])
+
+
+def sweep_figures(
+    history: pd.DataFrame,
+    metrics: pd.DataFrame,
+    summary: pd.DataFrame,
+    curve_fit: dict,
+    task: str,
+    options: dict,
+    experiment: str,
+) -> dict[str, Figure]:
+    """The figures of every task: loss curves (the first network of each fold), learning
+    curve, the main metric's box plot, and with replicates the spread between folds and
+    seeds."""
+    main = MAIN_METRIC[task]
+    figures = {
+        "loss_curves.png": plots.loss_curves(
+            history[history["replicate"] == 0], options["loss_sizes"], experiment=experiment
+        ),
+        "learning_curve.png": plots.learning_curve(
+            metrics, curve_fit, score=main, experiment=experiment
+        ),
+    }
+    if (metrics["replicate"] > 0).any():
+        figures["spread_folds_seeds.png"] = plots.spread_folds_seeds(
+            metrics, main, experiment=experiment
+        )
+    figures[BOXPLOT_FILES[task]] = plots.score_boxplot(
+        metrics, main, paper=paper_by_size(summary), experiment=experiment
+    )
+    return figures
 
 
 def write_evaluation(
@@ -183,40 +207,26 @@ def paper_by_size(summary: pd.DataFrame) -> dict[int, tuple[float, float]]:
 
 def binary_outputs(
     first_networks: pd.DataFrame,
-    metrics: pd.DataFrame,
-    summary: pd.DataFrame,
-    class_names: Sequence[str],
-    options: dict,
+    positive_class: str,
+    roc_sizes: Sequence[int],
+    shown_sizes: Sequence[int],
     experiment: str,
 ) -> tuple[dict[str, pd.DataFrame], dict[str, Figure]]:
-    """The tables and figures of a binary task: the mean ROC curve of each size with a finite
-    AUC (the first network of each fold) and the ROC-AUC box plot."""
-    roc_sizes = sorted(metrics.loc[metrics["roc_auc"].notna(), "size"].unique())
+    """The mean ROC curve (the first network of each fold) at each of `roc_sizes` (those with
+    a finite AUC), drawn at `shown_sizes`."""
     roc = pd.concat(
-        [mean_roc(first_networks, class_names[1], size) for size in roc_sizes],
+        [mean_roc(first_networks, positive_class, size) for size in roc_sizes],
         ignore_index=True,
     )
-    figures = {
-        "roc_mean.png": plots.roc_curves(
-            roc[roc["size"].isin(options["roc_sizes"])], experiment=experiment
-        ),
-        "auc_boxplot.png": plots.score_boxplot(
-            metrics, "roc_auc", paper=paper_by_size(summary), experiment=experiment
-        ),
-    }
-    return {"mean_roc.csv": roc}, figures
+    figure = plots.roc_curves(roc[roc["size"].isin(shown_sizes)], experiment=experiment)
+    return {"mean_roc.csv": roc}, {"roc_mean.png": figure}
 
 
 def multiclass_outputs(
-    first_networks: pd.DataFrame,
-    metrics: pd.DataFrame,
-    summary: pd.DataFrame,
-    class_names: Sequence[str],
-    options: dict,
-    experiment: str,
+    first_networks: pd.DataFrame, class_names: Sequence[str], experiment: str
 ) -> tuple[dict[str, pd.DataFrame], dict[str, Figure]]:
-    """The tables and figures of a multiclass task (the first network of each fold): the
-    confusion matrices, the class-wise tables, the macro-F1 box plot."""
+    """The confusion matrices and class-wise tables of a multiclass task (the first network
+    of each fold), and the figure of the largest size's confusion matrix."""
     sizes = sorted(first_networks["size"].unique().tolist())
     by_size = pd.concat(
         [confusion_matrix_table(first_networks, class_names, size) for size in sizes],
@@ -229,15 +239,10 @@ def multiclass_outputs(
         "classwise.csv": classwise_metrics(first_networks, class_names),
         "classwise_summary.csv": classwise_summary(first_networks, class_names),
     }
-    figures = {
-        "f1_boxplot.png": plots.score_boxplot(
-            metrics, "macro_f1", paper=paper_by_size(summary), experiment=experiment
-        ),
-        "confusion_matrix.png": plots.confusion_matrix(
-            confusion_matrix_square(largest, "percent", class_names),
-            confusion_matrix_square(largest, "count", class_names),
-            class_names,
-            experiment=f"{experiment}, n = {sizes[-1]}",
-        ),
-    }
-    return tables, figures
+    figure = plots.confusion_matrix(
+        confusion_matrix_square(largest, "percent", class_names),
+        confusion_matrix_square(largest, "count", class_names),
+        class_names,
+        experiment=f"{experiment}, n = {sizes[-1]}",
+    )
+    return tables, {"confusion_matrix.png": figure}
