@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from fewcells.augment import BatchAugment, _rotation_matrix, rotate_batch
-from fewcells.paper_stem import load_kernel
+from fewcells.training.augment import BatchAugment, rotate_batch, rotation_matrix
+from fewcells.training.kernels.loader import load_kernel
 
 
 def seeded(seed: int = 0) -> torch.Generator:
@@ -132,7 +132,7 @@ def test_the_rotation_kernel_turns_by_right_angles_exactly(quarter_turns):
     images = stored(2, 19, 19)
     kernel, _ = load_kernel()
     turned = kernel.resample(
-        images.permute(0, 2, 3, 1), _rotation_matrix(torch.full((2,), 90.0 * quarter_turns))
+        images.permute(0, 2, 3, 1), rotation_matrix(torch.full((2,), 90.0 * quarter_turns))
     )
     expected = torch.rot90(images.float() / 255, quarter_turns, dims=(-2, -1))
     torch.testing.assert_close(turned, expected, rtol=0, atol=1e-5)

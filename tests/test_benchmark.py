@@ -12,13 +12,14 @@ from fewcells.benchmark import (
     benchmark_stacked_sweep,
     plain_loop,
     sweep_cost,
+    training,
     write_dedup_images,
     write_synthetic_experiment,
 )
-from fewcells.dedup import DedupSettings, find_duplicates
+from fewcells.data.dedup import DedupSettings, find_duplicates
+from fewcells.data.manifest import build_manifest
 from fewcells.errors import FewcellsError
-from fewcells.manifest import build_manifest
-from fewcells.train import run_training
+from fewcells.training.run import run_training
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +124,9 @@ def test_repeated_training_benchmark_reports_medians_of_alternating_runs(monkeyp
             "cpu_kernel": "pytorch",
         }
 
-    monkeypatch.setattr(benchmark, "write_synthetic_experiment", lambda root: None)
-    monkeypatch.setattr(benchmark, "plain_loop", fake_plain)
-    monkeypatch.setattr(benchmark, "workflow_path", fake_workflow)
+    monkeypatch.setattr(training, "write_synthetic_experiment", lambda root: None)
+    monkeypatch.setattr(training, "plain_loop", fake_plain)
+    monkeypatch.setattr(training, "workflow_path", fake_workflow)
     result = benchmark.benchmark_training(cores=2, model_name="resnet18", repeats=3)
     assert calls == ["plain", "workflow"] * 3
     assert result["plain_loop_image_steps_per_s"] == 200.0

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from fewcells.cli import build_parser, main
-from fewcells.manifest import KINDS
+from fewcells.data.manifest import KINDS
 
 
 def test_demo_to_folds_pipeline(tmp_path):

@@ -12,9 +12,15 @@ import pytest
 import yaml
 from scipy import stats
 
-from fewcells.compare import common_pairs, compare_experiments, read_metrics, wilcoxon_table
-from fewcells.config import compare_metric, validate_config
+from fewcells.analysis.compare import (
+    common_pairs,
+    compare_experiments,
+    read_metrics,
+    wilcoxon_table,
+)
+from fewcells.config import validate_config
 from fewcells.errors import FewcellsError
+from fewcells.plan import compare_metric
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = yaml.safe_load((REPO / "tests/integration/configs/tiny_demo.yaml").read_text())

@@ -7,15 +7,9 @@ import pytest
 import yaml
 from snakemake.utils import update_config
 
-from fewcells.config import (
-    check_config_file,
-    fold_ids,
-    parse_run_name,
-    run_name,
-    train_protocol,
-    validate_config,
-)
+from fewcells.config import check_config_file, validate_config
 from fewcells.errors import FewcellsError
+from fewcells.plan import fold_ids, parse_run_name, run_name, train_job_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -55,7 +49,7 @@ def test_defaults_are_the_paper_protocol():
     assert train["replicates"] == 1 and train["replicate_sizes"] is None
     assert config["experiments"]["demo_binary"]["model"]["init"] is None  # keras for paper_cnn
     assert config["datasets"]["demo"]["dedup"]["max_distance"] == 10
-    protocol = train_protocol(config["experiments"]["demo_binary"])
+    protocol = train_job_config(config["experiments"]["demo_binary"])
     assert "mem_mb" not in protocol and "replicates" not in protocol
     assert fold_ids(config["experiments"]["demo_multiclass"]) == [0, 1]
     assert fold_ids(config["experiments"]["demo_binary"]) == [0, 1, 2]

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fewcells.dedup import DedupSettings, candidate_pairs, compare_images, find_duplicates
+from fewcells.data.dedup import DedupSettings, candidate_pairs, compare_images, find_duplicates
 from fewcells.errors import FewcellsError
 
 
@@ -108,7 +108,7 @@ def test_settings_name_bad_keys():
 
 @pytest.mark.realdata
 def test_all_idb2_keeps_250(real_data):
-    from fewcells.manifest import build_manifest
+    from fewcells.data.manifest import build_manifest
 
     manifest = build_manifest(real_data / "ALL_IDB2" / "img", "all_idb2")
     pairs, kept = find_duplicates(manifest, DedupSettings(), workers=2)

@@ -1,4 +1,4 @@
-"""Tests for fewcells.demo: the synthetic ALL-IDB2-like data set."""
+"""Tests for fewcells.data.demo: the synthetic ALL-IDB2-like data set."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fewcells import demo
-from fewcells.demo import DEMO_CLASSES, DUPLICATE_KINDS, MASK_COLOURS, generate_demo
+from fewcells.data import demo
+from fewcells.data.demo import DEMO_CLASSES, DUPLICATE_KINDS, MASK_COLOURS, generate_demo
 from fewcells.errors import FewcellsError
 
 N_PER_CLASS = 4

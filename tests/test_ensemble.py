@@ -1,4 +1,4 @@
-"""Tests of fewcells.ensemble: soft voting by hand, metrics, tests and outputs."""
+"""Tests of fewcells.analysis.ensemble: soft voting by hand, metrics, tests and outputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from fewcells import ensemble
+from fewcells.analysis import ensemble
 from fewcells.errors import FewcellsError
 
 CLASSES = ["healthy", "blast"]

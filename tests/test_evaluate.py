@@ -1,5 +1,6 @@
-"""Tests of fewcells.evaluate: metrics against scikit-learn, ROC averaging, the learning-curve
-fit on synthetic data, summaries, and the end-to-end driver on synthetic job outputs."""
+"""Tests of fewcells.analysis.evaluate: metrics against scikit-learn, ROC averaging, the
+learning-curve fit on synthetic data, summaries, and the end-to-end driver on synthetic job
+outputs."""
 
 from __future__ import annotations
 
@@ -20,7 +21,23 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from fewcells import evaluate
+from fewcells.analysis.evaluate import evaluate_experiment
+from fewcells.analysis.learning_curve import fit_learning_curve, saturating_curve
+from fewcells.analysis.metrics import (
+    binary_metrics,
+    classwise_metrics,
+    classwise_summary,
+    confusion_matrix_square,
+    confusion_matrix_table,
+    fold_scores,
+    mean_roc,
+    multiclass_metrics,
+    network_outputs,
+    probability_columns,
+    with_replicate,
+)
+from fewcells.analysis.report import classwise_markdown, summary_markdown
+from fewcells.analysis.summary import summarize
 from fewcells.errors import FewcellsError
 
 BINARY = ["healthy", "blast"]
@@ -79,7 +96,7 @@ def write_jobs(tmp_path, pred: pd.DataFrame, history: pd.DataFrame, class_names,
     """Lay the frames out as one predictions.csv + history.csv per (size, fold, replicate)
     training (frames without a replicate column: one training per (size, fold))."""
     prediction_files, history_files = [], []
-    pred, history = evaluate.with_replicate(pred), evaluate.with_replicate(history)
+    pred, history = with_replicate(pred), with_replicate(history)
     for (size, fold, replicate), group in pred.groupby(["size", "fold", "replicate"]):
         job = tmp_path / "jobs" / f"n{size}_f{fold}_r{replicate}"
         job.mkdir(parents=True)
@@ -114,7 +131,7 @@ def brute_force_youden(y_true: np.ndarray, score: np.ndarray) -> tuple[float, fl
 
 def test_binary_metrics_match_sklearn_and_brute_force():
     pred = make_predictions(BINARY)
-    metrics = evaluate.binary_metrics(pred, "blast")
+    metrics = binary_metrics(pred, "blast")
     assert len(metrics) == 4 * 5
     for row in metrics.itertuples():
         test = pred[
@@ -136,20 +153,20 @@ def test_binary_metrics_match_sklearn_and_brute_force():
 
 def test_binary_metrics_positive_class_picks_its_column_and_target():
     pred = make_predictions(BINARY, sizes=(10,), folds=1)
-    as_healthy = evaluate.binary_metrics(pred, "healthy").iloc[0]
+    as_healthy = binary_metrics(pred, "healthy").iloc[0]
     test = pred[pred["split"] == "test"]
     assert as_healthy.roc_auc == pytest.approx(
         roc_auc_score(test["target"] == 0, test["p_healthy"])
     )
     with pytest.raises(FewcellsError, match="p_monocyte"):
-        evaluate.binary_metrics(pred, "monocyte")
+        binary_metrics(pred, "monocyte")
 
 
 def test_one_class_fold_gives_nan_auc_and_logs(caplog):
     pred = make_predictions(BINARY, sizes=(10,), folds=2)
     pred = pred[~((pred["fold"] == 1) & (pred["split"] == "test") & (pred["target"] == 1))]
-    with caplog.at_level(logging.WARNING, logger="fewcells.evaluate"):
-        metrics = evaluate.binary_metrics(pred, "blast").set_index("fold")
+    with caplog.at_level(logging.WARNING, logger="fewcells.analysis.metrics"):
+        metrics = binary_metrics(pred, "blast").set_index("fold")
     assert np.isfinite(metrics.loc[0, "roc_auc"])
     assert np.isnan(metrics.loc[1, "roc_auc"])
     assert np.isnan(metrics.loc[1, "youden_threshold"])
@@ -160,7 +177,7 @@ def test_one_class_fold_gives_nan_auc_and_logs(caplog):
 
 def test_multiclass_metrics_match_sklearn():
     pred = make_predictions(MULTI, sizes=(10, 40), folds=3)
-    metrics = evaluate.multiclass_metrics(pred, MULTI)
+    metrics = multiclass_metrics(pred, MULTI)
     assert len(metrics) == 6
     for row in metrics.itertuples():
         test = pred[
@@ -177,7 +194,7 @@ def test_classwise_precision_and_sensitivity_match_sklearn():
     pred = make_predictions(MULTI, sizes=(10, 40), folds=3, strength=0.4)
     # no test image predicted as a class -> its precision is undefined (NaN), not 0
     pred.loc[pred["split"] == "test", "p_neutrophil"] = 0.0
-    per_fold = evaluate.classwise_metrics(pred, MULTI)
+    per_fold = classwise_metrics(pred, MULTI)
     assert len(per_fold) == 2 * 3 * len(MULTI)
     test = pred[pred["split"] == "test"]
     labels = [0, 1, 2]
@@ -191,7 +208,7 @@ def test_classwise_precision_and_sensitivity_match_sklearn():
         np.testing.assert_array_equal(rows["support"], np.bincount(y_true, minlength=3))
         assert rows["class_name"].tolist() == MULTI
     assert per_fold.loc[per_fold["class_name"] == "neutrophil", "precision"].isna().all()
-    summary = evaluate.classwise_summary(pred, MULTI)
+    summary = classwise_summary(pred, MULTI)
     for size, rows in summary.groupby("size"):
         pooled = test[test["size"] == size]
         y_true = pooled["target"].to_numpy()
@@ -209,26 +226,26 @@ def test_classwise_precision_and_sensitivity_match_sklearn():
         )
         assert lymphocyte["support"] == (y_true == 0).sum()
     assert (summary.loc[summary["class_name"] == "neutrophil", "precision_folds"] == 0).all()
-    lines = evaluate.classwise_markdown(summary, 40)
+    lines = classwise_markdown(summary, 40)
     assert any(line.startswith("| neutrophil | – (–) | 0.00") for line in lines)
 
 
 def test_confusion_matrix_table_counts_and_percent():
     pred = make_predictions(MULTI, sizes=(10, 40), folds=3)
-    table = evaluate.confusion_matrix_table(pred, MULTI, 10)
+    table = confusion_matrix_table(pred, MULTI, 10)
     test = pred[(pred["split"] == "test") & (pred["size"] == 10)]
     expected = confusion_matrix(
         test["target"], test[[f"p_{c}" for c in MULTI]].to_numpy().argmax(axis=1), labels=[0, 1, 2]
     )
-    counts = evaluate.confusion_matrix_square(table, "count", MULTI)
+    counts = confusion_matrix_square(table, "count", MULTI)
     assert list(counts.index) == MULTI and list(counts.columns) == MULTI
     np.testing.assert_array_equal(counts.to_numpy(), expected)
     assert table.groupby("true_class")["percent"].sum().to_numpy() == pytest.approx(100.0)
     without_neutrophils = pred[pred["target"] != 2]
-    table = evaluate.confusion_matrix_table(without_neutrophils, MULTI, 10)
+    table = confusion_matrix_table(without_neutrophils, MULTI, 10)
     assert table.loc[table["true_class"] == "neutrophil", "percent"].isna().all()
     with pytest.raises(FewcellsError, match="size 999"):
-        evaluate.confusion_matrix_table(pred, MULTI, 999)
+        confusion_matrix_table(pred, MULTI, 999)
 
 
 # ---------------------------------------------------------------------------- mean ROC
@@ -246,13 +263,13 @@ def test_mean_roc_known_curve_and_band():
             "p_blast": [0.1, 0.6, 0.4, 0.9],
         }
     )
-    roc = evaluate.mean_roc(one_fold, "blast", 10, grid=5).set_index("fpr")
+    roc = mean_roc(one_fold, "blast", 10, grid=5).set_index("fpr")
     # ROC points (0,0) (0,.5) (.5,.5) (.5,1) (1,1); the upper point is used at a vertical step.
     assert roc["tpr_mean"].to_numpy() == pytest.approx([0.5, 0.5, 1.0, 1.0, 1.0])
     assert roc["auc_mean"].iloc[0] == pytest.approx(0.75)
 
     pred = make_predictions(BINARY, sizes=(10,), folds=5)
-    roc = evaluate.mean_roc(pred, "blast", 10)
+    roc = mean_roc(pred, "blast", 10)
     assert len(roc) == 101
     assert roc["fpr"].iloc[0] == 0.0 and roc["fpr"].iloc[-1] == 1.0
     assert np.all(np.diff(roc["tpr_mean"]) >= 0)
@@ -263,7 +280,7 @@ def test_mean_roc_known_curve_and_band():
     assert roc["tpr_lower"].min() >= 0 and roc["tpr_upper"].max() <= 1
     assert roc["tpr_sd"].max() > 0
     assert roc["n_folds"].iloc[0] == 5
-    aucs = evaluate.binary_metrics(pred, "blast")["roc_auc"]
+    aucs = binary_metrics(pred, "blast")["roc_auc"]
     assert roc["auc_mean"].iloc[0] == pytest.approx(aucs.mean())
 
 
@@ -274,7 +291,7 @@ def synthetic_scores(plateau=0.95, start=0.5, tau=25.0, noise=0.01, folds=10, se
     rng = np.random.default_rng(seed)
     sizes = np.arange(10, 201, 10)
     rows = [
-        (size, fold, evaluate.saturating_curve(size, plateau, start, tau) + rng.normal(0, noise))
+        (size, fold, saturating_curve(size, plateau, start, tau) + rng.normal(0, noise))
         for fold in range(folds)
         for size in sizes
     ]
@@ -284,7 +301,7 @@ def synthetic_scores(plateau=0.95, start=0.5, tau=25.0, noise=0.01, folds=10, se
 def test_learning_curve_recovers_known_parameters():
     plateau, start, tau = 0.95, 0.5, 25.0
     true_n = math.ceil(tau * math.log((plateau - start) / (0.05 * plateau)))  # 57
-    fit = evaluate.fit_learning_curve(synthetic_scores(plateau, start, tau), n_boot=200, seed=1)
+    fit = fit_learning_curve(synthetic_scores(plateau, start, tau), n_boot=200, seed=1)
     assert fit["ok"] and fit["reason"] is None
     assert fit["plateau"] == pytest.approx(plateau, abs=0.01)
     assert fit["tau"] == pytest.approx(tau, rel=0.15)
@@ -299,7 +316,7 @@ def test_learning_curve_recovers_known_parameters():
 
 
 def test_learning_curve_plateau_beyond_range_gives_none():
-    fit = evaluate.fit_learning_curve(
+    fit = fit_learning_curve(
         synthetic_scores(plateau=0.9, start=0.5, tau=400.0, noise=0.0, folds=3), n_boot=20
     )
     assert fit["ok"]
@@ -320,14 +337,14 @@ def test_learning_curve_plateau_beyond_range_gives_none():
     ],
 )
 def test_learning_curve_garbage_gives_nan_and_reason(frame, reason):
-    fit = evaluate.fit_learning_curve(frame, n_boot=10)
+    fit = fit_learning_curve(frame, n_boot=10)
     assert not fit["ok"]
     assert reason in fit["reason"]
     assert math.isnan(fit["plateau"]) and fit["n_at_fraction"] is None
 
 
 def test_learning_curve_single_fold_fits_without_ci():
-    fit = evaluate.fit_learning_curve(synthetic_scores(folds=1), n_boot=10)
+    fit = fit_learning_curve(synthetic_scores(folds=1), n_boot=10)
     assert fit["ok"] and fit["plateau_ci"] == [None, None]
     assert "2 or more folds" in fit["note"]
 
@@ -336,8 +353,8 @@ def test_learning_curve_single_fold_fits_without_ci():
 
 
 def test_summarize_binary_with_paper_reference():
-    metrics = evaluate.binary_metrics(make_predictions(BINARY, sizes=(10, 200)), "blast")
-    summary = evaluate.summarize(metrics, "binary", "all_binary").set_index("size")
+    metrics = binary_metrics(make_predictions(BINARY, sizes=(10, 200)), "blast")
+    summary = summarize(metrics, "binary", "all_binary").set_index("size")
     at_200 = metrics[metrics["size"] == 200]["roc_auc"]
     assert summary.loc[200, "roc_auc_mean"] == pytest.approx(at_200.mean())
     assert summary.loc[200, "roc_auc_sd"] == pytest.approx(at_200.std(ddof=1))
@@ -355,28 +372,28 @@ def test_summarize_binary_with_paper_reference():
 
 
 def test_summarize_multiclass_places_full_set_number_at_largest_size():
-    metrics = evaluate.multiclass_metrics(make_predictions(MULTI, sizes=(10, 40)), MULTI)
-    summary = evaluate.summarize(metrics, "multiclass", "all_multiclass_f1").set_index("size")
+    metrics = multiclass_metrics(make_predictions(MULTI, sizes=(10, 40)), MULTI)
+    summary = summarize(metrics, "multiclass", "all_multiclass_f1").set_index("size")
     assert summary.loc[40, "paper_mean"] == 0.81 and np.isnan(summary.loc[10, "paper_mean"])
     assert "macro_f1_mean" in summary.columns
     with pytest.raises(FewcellsError, match="binary result"):
-        evaluate.summarize(metrics, "multiclass", "aml_binary")
+        summarize(metrics, "multiclass", "aml_binary")
     with pytest.raises(FewcellsError, match="unknown paper reference"):
-        evaluate.summarize(metrics, "multiclass", "nature_2030")
+        summarize(metrics, "multiclass", "nature_2030")
 
 
 def test_summary_markdown_table_and_learning_curve_line():
-    metrics = evaluate.binary_metrics(make_predictions(BINARY, sizes=(10, 20, 200)), "blast")
-    summary = evaluate.summarize(metrics, "binary", "all_binary")
-    fit = evaluate.fit_learning_curve(synthetic_scores(), n_boot=50)
-    text = evaluate.summary_markdown(summary, fit, "ALL binary", reference="all_binary")
+    metrics = binary_metrics(make_predictions(BINARY, sizes=(10, 20, 200)), "blast")
+    summary = summarize(metrics, "binary", "all_binary")
+    fit = fit_learning_curve(synthetic_scores(), n_boot=50)
+    text = summary_markdown(summary, fit, "ALL binary", reference="all_binary")
     assert text.startswith("# ALL binary")
     assert "| n (images) | folds | collapsed | ROC-AUC | paper |" in text
     assert "| 200 | 5 | 0 |" in text and "0.970 ± 0.020" in text
     assert f"95% of plateau reached at n = {fit['n_at_fraction']} (95% CI " in text
     assert "about n = 30" in text
-    failed = evaluate.fit_learning_curve(synthetic_scores().head(2), n_boot=10)
-    assert "fit failed" in evaluate.summary_markdown(summary, failed, "ALL binary")
+    failed = fit_learning_curve(synthetic_scores().head(2), n_boot=10)
+    assert "fit failed" in summary_markdown(summary, failed, "ALL binary")
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -388,7 +405,7 @@ def test_evaluate_experiment_binary_writes_every_file(tmp_path):
     pred = pred[~((pred["size"] == 10) & (pred["split"] == "test") & (pred["target"] == 1))]
     files = write_jobs(tmp_path, pred, history, BINARY, "binary")
     out = tmp_path / "eval"
-    evaluate.evaluate_experiment(
+    evaluate_experiment(
         *files,
         out,
         experiment="ALL binary",
@@ -425,7 +442,7 @@ def test_evaluate_experiment_multiclass_writes_every_file(tmp_path):
     pred, history = make_predictions(MULTI), make_history()
     files = write_jobs(tmp_path, pred, history, MULTI, "multiclass")
     out = tmp_path / "eval"
-    evaluate.evaluate_experiment(
+    evaluate_experiment(
         *files, out, experiment="ALL 3-class", reference=None, plot_options=None, n_boot=20
     )
     assert {p.name for p in out.iterdir()} == {
@@ -460,7 +477,7 @@ def _break_first(files, edit):
     "which, edit, message",
     [
         (0, lambda p: p.unlink(), "file not found"),
-        (0, lambda p: p.write_text("fold,size\n0,10\n"), "missing columns"),
+        (0, lambda p: p.write_text("fold,size\n0,10\n"), "missing column"),
         (0, lambda p: p.write_text(""), "not a readable CSV"),
         (1, lambda p: p.write_text(p.read_text().replace("0.3", "oops", 1)), "must hold numbers"),
         (
@@ -475,9 +492,7 @@ def test_evaluate_experiment_bad_input_names_the_file(tmp_path, which, edit, mes
     broken = _break_first(files[which], edit)
     out = tmp_path / "eval"
     with pytest.raises(FewcellsError, match=message) as error:
-        evaluate.evaluate_experiment(
-            *files, out, experiment="x", reference=None, plot_options={}, n_boot=5
-        )
+        evaluate_experiment(*files, out, experiment="x", reference=None, plot_options={}, n_boot=5)
     assert str(broken) in str(error.value)
     assert not out.exists()
 
@@ -499,7 +514,7 @@ def test_evaluate_experiment_rejects_inconsistent_inputs(tmp_path):
             "plot_options": {},
             "n_boot": 5,
         } | changes
-        evaluate.evaluate_experiment(**arguments)
+        evaluate_experiment(**arguments)
 
     with pytest.raises(FewcellsError, match="already read from"):
         run(prediction_files=predictions + predictions[:1])
@@ -512,7 +527,7 @@ def test_evaluate_experiment_rejects_inconsistent_inputs(tmp_path):
     with pytest.raises(FewcellsError, match="multiclass result"):
         run(reference="all_multiclass_f1")
     classes.write_text(json.dumps({"classes": MULTI, "task": "multiclass"}))
-    with pytest.raises(FewcellsError, match="missing columns"):
+    with pytest.raises(FewcellsError, match="missing column"):
         run()
     assert not out.exists()
 
@@ -524,7 +539,7 @@ def replicated(pred: pd.DataFrame, replicates: int, seed: int = 1) -> pd.DataFra
     """`pred` as replicate 0 plus replicates 1.. with the same images and noisier scores."""
     rng = np.random.default_rng(seed)
     frames = [pred.assign(replicate=0)]
-    columns = evaluate.probability_columns(pred)
+    columns = probability_columns(pred)
     for replicate in range(1, replicates):
         copy = pred.assign(replicate=replicate)
         logits = np.log(copy[columns].to_numpy()) + rng.normal(0, 1.0, (len(copy), len(columns)))
@@ -543,7 +558,7 @@ def collapse(pred: pd.DataFrame, size: int, fold: int, replicate: int = 0) -> pd
 
 def test_network_outputs_mark_constant_outputs_only():
     pred = collapse(replicated(make_predictions(BINARY, sizes=(10, 20)), 2), 20, 3, 1)
-    outputs = evaluate.network_outputs(pred).set_index(["size", "fold", "replicate"])
+    outputs = network_outputs(pred).set_index(["size", "fold", "replicate"])
     assert len(outputs) == 2 * 5 * 2
     assert outputs["collapsed"].sum() == 1 and outputs.loc[(20, 3, 1), "collapsed"]
     assert outputs.loc[(20, 3, 1), "output_spread"] == 0.0
@@ -552,10 +567,10 @@ def test_network_outputs_mark_constant_outputs_only():
 
 def test_summarize_separates_folds_from_seeds_and_counts_collapsed():
     pred = collapse(replicated(make_predictions(BINARY, sizes=(10, 20)), 3), 20, 2, 0)
-    metrics = evaluate.binary_metrics(pred, "blast").merge(
-        evaluate.network_outputs(pred), on=["size", "fold", "replicate"]
+    metrics = binary_metrics(pred, "blast").merge(
+        network_outputs(pred), on=["size", "fold", "replicate"]
     )
-    summary = evaluate.summarize(metrics, "binary", None).set_index("size")
+    summary = summarize(metrics, "binary", None).set_index("size")
     at_20 = metrics[metrics["size"] == 20]
     per_fold = at_20.groupby("fold")["roc_auc"]
     assert summary.loc[20, "n_folds"] == 5 and summary.loc[20, "n_networks"] == 15
@@ -569,8 +584,8 @@ def test_summarize_separates_folds_from_seeds_and_counts_collapsed():
 
 
 def test_summary_without_replicates_has_no_seed_spread():
-    metrics = evaluate.binary_metrics(make_predictions(BINARY, sizes=(10, 20)), "blast")
-    summary = evaluate.summarize(metrics, "binary", None)
+    metrics = binary_metrics(make_predictions(BINARY, sizes=(10, 20)), "blast")
+    summary = summarize(metrics, "binary", None)
     assert summary["roc_auc_seed_sd"].isna().all()
     assert (summary["n_networks"] == summary["n_folds"]).all()
 
@@ -585,9 +600,9 @@ def test_fold_scores_average_replicates_and_can_drop_collapsed():
             "collapsed": [False, False, True, True],
         }
     )
-    scores = evaluate.fold_scores(metrics, "roc_auc").set_index("fold")
+    scores = fold_scores(metrics, "roc_auc").set_index("fold")
     assert scores.loc[0, "score"] == pytest.approx(0.7) and scores.loc[0, "networks"] == 3
-    clean = evaluate.fold_scores(metrics, "roc_auc", drop_collapsed=True).set_index("fold")
+    clean = fold_scores(metrics, "roc_auc", drop_collapsed=True).set_index("fold")
     assert clean.loc[0, "score"] == pytest.approx(0.8) and 1 not in clean.index
 
 
@@ -601,7 +616,7 @@ def test_evaluate_experiment_with_replicates_and_a_collapsed_network(tmp_path):
         info.write_text(json.dumps({"git_commit": "abc", "cpu_kernel": "compiled (AVX2)"}))
         infos.append(info)
     out = tmp_path / "eval"
-    evaluate.evaluate_experiment(
+    evaluate_experiment(
         *files,
         out,
         experiment="ALL binary",

@@ -1,4 +1,4 @@
-"""Tests for fewcells.fetch: local folders, archives, and downloads from a loopback server."""
+"""Tests for fewcells.data.fetch: local folders, archives, and downloads from a loopback server."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from fewcells.data.fetch import fetch, sha256_file
 from fewcells.errors import FewcellsError
-from fewcells.fetch import fetch, sha256_file
 
 IMAGES = {
     "ALL_IDB2/img/Im001_1.tif": b"II*\x00 blast",
@@ -402,7 +402,7 @@ def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
 
 
 def test_source_listing_changes_when_files_are_added_removed_or_rewritten(tmp_path):
-    from fewcells.fetch import source_listing
+    from fewcells.data.fetch import source_listing
 
     (tmp_path / "img").mkdir()
     (tmp_path / "img" / "a.tif").write_bytes(b"a")

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from fewcells.data.folds import assign_folds, map_classes, training_set
 from fewcells.errors import FewcellsError
-from fewcells.folds import assign_folds, map_classes, training_set
 
 
 def _kept(n_a=130, n_b=120, extra=0):

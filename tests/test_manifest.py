@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fewcells.errors import FewcellsError
-from fewcells.manifest import (
+from fewcells.data.manifest import (
     MANIFEST_COLUMNS,
     build_manifest,
     load_rgb,
     read_manifest,
     write_manifest,
 )
+from fewcells.errors import FewcellsError
 
 DS_STORE_BYTES = b"\x00\x00\x00\x01Bud1" + bytes(200)
 

@@ -5,7 +5,7 @@ import torch
 import torchvision
 
 from fewcells.errors import FewcellsError
-from fewcells.model import MIN_IMAGE_SIZE, MODELS, PaperCNN, TorchvisionNet, build_model
+from fewcells.training.models import MIN_IMAGE_SIZE, MODELS, PaperCNN, TorchvisionNet, build_model
 
 EMBED_WIDTH = {
     "paper_cnn": 32,
@@ -270,10 +270,10 @@ def test_the_config_schema_knows_the_model_keys():
 
 
 def test_a_trained_job_checkpoint_loads_and_a_frozen_resnet_trains(tmp_path):
-    """A real Lightning model.ckpt from run_training loads as weights; train.py runs resnet18."""
+    """A real Lightning model.ckpt from run_training loads as weights; resnet18 trains too."""
     from test_train import IMAGE_SIZE, make_store
 
-    from fewcells.train import run_training
+    from fewcells.training.run import run_training
 
     dataset = make_store(tmp_path / "data")
     train_cfg = {"max_epochs": 1, "patience": 5}

@@ -1,4 +1,4 @@
-"""Tests of fewcells.plots: every figure function returns a Figure with labelled axes and
+"""Tests of fewcells.analysis.plots: every figure function returns a Figure with labelled axes and
 shows what it promises (best epochs, AUC legend, paper marker, fit annotation, cell text)."""
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from fewcells import evaluate, plots
+from fewcells.analysis import plots
+from fewcells.analysis.learning_curve import fit_learning_curve
+from fewcells.analysis.metrics import binary_metrics, mean_roc
 
 CLASSES = ["healthy", "blast"]
 SIZES = (10, 20, 40, 80, 160)
@@ -40,7 +42,7 @@ def predictions() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def metrics(predictions) -> pd.DataFrame:
-    return evaluate.binary_metrics(predictions, "blast")
+    return binary_metrics(predictions, "blast")
 
 
 def test_spread_sizes_keeps_ends():
@@ -74,7 +76,7 @@ def test_loss_curves_marks_best_epoch_per_fold():
 
 
 def test_roc_curves_legend_has_auc(predictions):
-    roc = pd.concat([evaluate.mean_roc(predictions, "blast", s) for s in (10, 160)])
+    roc = pd.concat([mean_roc(predictions, "blast", s) for s in (10, 160)])
     figure = plots.roc_curves(roc, experiment="ALL binary")
     ax = figure.axes[0]
     assert "False-positive rate" in ax.get_xlabel() and "True-positive rate" in ax.get_ylabel()
@@ -97,12 +99,12 @@ def test_score_boxplot_with_and_without_paper(metrics):
 
 def test_learning_curve_shows_fit_or_failure(metrics):
     scores = metrics[["size", "fold"]].assign(score=metrics["roc_auc"])
-    fit = evaluate.fit_learning_curve(scores, n_boot=30)
+    fit = fit_learning_curve(scores, n_boot=30)
     ax = plots.learning_curve(metrics, fit, score="roc_auc", experiment="ALL binary").axes[0]
     assert "Training-set size n" in ax.get_xlabel() and ax.get_ylabel().startswith("ROC-AUC")
     labels = " ".join(t.get_text() for t in ax.get_legend().get_texts())
     assert "plateau a = " in labels and "95% of plateau" in labels
-    failed = evaluate.fit_learning_curve(scores[scores["size"] <= 20], n_boot=5)
+    failed = fit_learning_curve(scores[scores["size"] <= 20], n_boot=5)
     ax = plots.learning_curve(metrics, failed).axes[0]
     assert any("fit failed" in t.get_text() for t in ax.texts)
 
@@ -123,7 +125,7 @@ def test_confusion_matrix_cells_show_percent_and_count():
 
 
 def test_relevance_shares_has_one_panel_per_composite_with_area_reference():
-    from fewcells import plots_explain
+    from fewcells.explain import plots as plots_explain
 
     rows = [
         {

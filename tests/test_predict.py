@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
+from fewcells.data.store import build_store, open_store
 from fewcells.errors import FewcellsError
 from fewcells.predict.images import image_batches, image_table, prepare_image, rescale_image
 from fewcells.predict.predict import load_network, map_labels, run_prediction, soft_vote
 from fewcells.predict.set_aside import set_aside_images, without_set_aside, write_set_aside
-from fewcells.store import build_store, open_store
-from fewcells.train import CellClassifier
+from fewcells.training.module import CellClassifier
 
 SIZE = 190  # the paper CNN's smallest input: fast
 

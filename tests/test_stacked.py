@@ -13,9 +13,10 @@ from test_train import IMAGE_SIZE, MODEL_CFG, make_store
 
 from fewcells.config import validate_config
 from fewcells.errors import FewcellsError
-from fewcells.model import build_model
-from fewcells.stacked import StackedNetworks, StackState, run_stacked_training
-from fewcells.train import CellClassifier, run_training
+from fewcells.training.models import build_model
+from fewcells.training.module import CellClassifier
+from fewcells.training.run import run_training
+from fewcells.training.stacked import StackedNetworks, StackState, run_stacked_training
 
 # RMSprop as in the paper, with rotation and flips: every part of the protocol is exercised.
 PARITY_CFG = {

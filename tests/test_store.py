@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from fewcells.data.store import build_store, fit_image, open_store
 from fewcells.errors import FewcellsError
-from fewcells.store import build_store, fit_image, open_store
 
 
 def test_fit_pad_repeats_edges_and_crops_centre():

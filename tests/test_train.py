@@ -8,18 +8,15 @@ import pandas as pd
 import pytest
 import torch
 
-from fewcells import train
 from fewcells.cli import main
 from fewcells.errors import FewcellsError
-from fewcells.model import MIN_IMAGE_SIZE, build_model
-from fewcells.train import (
-    DEFAULT_TRAIN_CONFIG,
-    CellClassifier,
-    CellDataModule,
-    balanced_positions,
-    run_training,
-    train_config,
-)
+from fewcells.training import run
+from fewcells.training.datamodule import CellDataModule, balanced_positions
+from fewcells.training.kernels import loader
+from fewcells.training.models import MIN_IMAGE_SIZE, build_model
+from fewcells.training.module import CellClassifier
+from fewcells.training.protocol import DEFAULT_TRAIN_CONFIG, fill_train_defaults
+from fewcells.training.run import run_training
 
 IMAGE_SIZE = MIN_IMAGE_SIZE  # the smallest input the paper's six conv+pool blocks accept
 CLASSES = ["dark", "bright"]
@@ -271,7 +268,7 @@ def test_failed_job_leaves_no_output_folder(dataset, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(train, "_write_outputs", fail)
+    monkeypatch.setattr(run, "write_outputs", fail)
     with pytest.raises(RuntimeError, match="disk full"):
         quick_run(dataset, tmp_path / "job")
     assert list(tmp_path.iterdir()) == []
@@ -288,7 +285,7 @@ def test_unknown_optimizer_is_refused(dataset, tmp_path):
     [("rmsprop", {"alpha": 0.8}), ("adam", {}), ("sgd", {"momentum": 0.7})],
 )
 def test_optimizers_from_config(name, settings):
-    cfg = train_config({"optimizer": name, "lr": 0.5, "rho": 0.8, "momentum": 0.7})
+    cfg = fill_train_defaults({"optimizer": name, "lr": 0.5, "rho": 0.8, "momentum": 0.7})
     module = CellClassifier(MODEL_CFG, 2, IMAGE_SIZE, cfg)
     optimizer = module.configure_optimizers()
     assert type(optimizer).__name__.lower() == name
@@ -305,15 +302,17 @@ def test_cpu_kernels_are_built_only_for_training_on_the_cpu(
     monkeypatch, accelerator, gpu_visible, builds
 ):
     built = []
-    monkeypatch.setattr(train.torch.cuda, "is_available", lambda: gpu_visible)
-    monkeypatch.setattr(train, "load_kernel", lambda: built.append(True))
-    module = CellClassifier(MODEL_CFG, 2, IMAGE_SIZE, train_config({"accelerator": accelerator}))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu_visible)
+    monkeypatch.setattr(loader, "load_kernel", lambda: built.append(True))
+    module = CellClassifier(
+        MODEL_CFG, 2, IMAGE_SIZE, fill_train_defaults({"accelerator": accelerator})
+    )
     assert bool(built) == builds
     assert module.model.fused_cpu_kernel  # still used wherever an input is on the CPU
 
 
-def test_train_config_merges_defaults():
-    cfg = train_config({"lr": 0.1, "augment": {"noise_std": 0.2}})
+def test_fill_train_defaults_merges_defaults():
+    cfg = fill_train_defaults({"lr": 0.1, "augment": {"noise_std": 0.2}})
     assert cfg["lr"] == 0.1 and cfg["optimizer"] == "rmsprop" and cfg["batch_size"] == 5
     assert cfg["augment"] == {**DEFAULT_TRAIN_CONFIG["augment"], "noise_std": 0.2}
 

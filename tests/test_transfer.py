@@ -14,20 +14,16 @@ import torch
 import yaml
 from test_train import CLASSES, IMAGE_SIZE, make_store
 
-from fewcells.config import pretrain_protocol, train_protocol, training_model, validate_config
+from fewcells.config import validate_config
 from fewcells.errors import FewcellsError
-from fewcells.pretrain import pretrain_split, run_pretraining
-from fewcells.train import (
-    BATCHNORM_TYPES,
-    FINETUNE_PHASE,
-    CellClassifier,
-    CellDataModule,
-    EpochHistory,
-    fit_best,
-    fit_head,
-    run_training,
-    train_config,
-)
+from fewcells.plan import model_job_config, pretrain_job_config, train_job_config
+from fewcells.training.callbacks import EpochHistory
+from fewcells.training.datamodule import CellDataModule
+from fewcells.training.fit import fit_best, fit_head
+from fewcells.training.module import BATCHNORM_TYPES, FINETUNE_PHASE, CellClassifier
+from fewcells.training.pretrain import pretrain_split, run_pretraining
+from fewcells.training.protocol import fill_train_defaults
+from fewcells.training.run import run_training
 
 SMALL = 48  # ResNet-18 input side for the phase tests
 RESNET = {"name": "resnet18", "keep_blocks": 1}  # stem + layer1: convolutions and BatchNorm
@@ -66,7 +62,7 @@ def pretrained(dataset, tmp_path_factory):
 
 
 def resnet_module(**finetune) -> tuple[CellClassifier, dict]:
-    cfg = train_config(
+    cfg = fill_train_defaults(
         {"max_epochs": 2, "patience": 5, "lr": 0.05, "finetune": {**FINETUNE, **finetune}}
     )
     torch.manual_seed(0)
@@ -259,12 +255,12 @@ def test_transfer_config_keys_and_what_the_jobs_read():
         "head_lr": 0.01,
         "freeze_batchnorm": True,
     }
-    model = training_model(target, "results/pretrained")
+    model = model_job_config(target, "results/pretrained")
     assert model["weights"] == "results/pretrained/tiny_source/model.ckpt"
     assert "pretrained" not in model
     scratch = config["experiments"]["tiny_scratch"]
-    assert scratch["train"]["finetune"] is None and "finetune" not in train_protocol(scratch)
-    assert training_model(scratch, "results/pretrained") == {
+    assert scratch["train"]["finetune"] is None and "finetune" not in train_job_config(scratch)
+    assert model_job_config(scratch, "results/pretrained") == {
         "name": "paper_cnn",
         "hidden": 32,
         "weights": None,
@@ -273,7 +269,7 @@ def test_transfer_config_keys_and_what_the_jobs_read():
         "init": None,
     }
     source = config["experiments"]["tiny_source"]
-    protocol = pretrain_protocol(source)
+    protocol = pretrain_job_config(source)
     assert protocol["batch_size"] == 16 and protocol["max_epochs"] == 2
     assert protocol["optimizer"] == "adam" and "finetune" not in protocol
     assert source["pretrain"]["val_fraction"] == 0.2
@@ -344,7 +340,7 @@ def test_the_phases_need_no_pretrained_network_to_be_chosen():
 
 
 def test_evaluation_keeps_the_phase_column(tmp_path):
-    from fewcells.evaluate import read_histories
+    from fewcells.analysis.readers import read_histories
 
     row = {"fold": 0, "size": 6, "train_loss": 0.5, "val_loss": 0.6, "val_accuracy": 0.5}
     plain = pd.DataFrame([{**row, "epoch": e, "lr": 1e-3} for e in (1, 2)])

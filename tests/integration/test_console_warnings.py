@@ -7,7 +7,7 @@ import yaml
 from PIL import Image
 from test_workflow import snakemake
 
-from fewcells.demo import generate_demo
+from fewcells.data.demo import generate_demo
 
 pytestmark = pytest.mark.slow
 

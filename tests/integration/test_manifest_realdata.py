@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fewcells.manifest import build_manifest
+from fewcells.data.manifest import build_manifest
 
 pytestmark = pytest.mark.realdata
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from test_workflow import snakemake
 
-from fewcells.demo import generate_demo
+from fewcells.data.demo import generate_demo
 
 pytestmark = pytest.mark.slow
 

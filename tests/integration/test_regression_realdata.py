@@ -155,12 +155,13 @@ RECORDED = {
 def regression_case(data_root: Path, work: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Build the all_binary store from DATA_ROOT/ALL_IDB2 in WORK and train the case."""
     from fewcells.atomic import write_csv, write_json
-    from fewcells.config import train_protocol, training_model, validate_config
-    from fewcells.dedup import DedupSettings, find_duplicates
-    from fewcells.folds import assign_folds
-    from fewcells.manifest import build_manifest
-    from fewcells.store import build_store
-    from fewcells.train import run_training
+    from fewcells.config import validate_config
+    from fewcells.data.dedup import DedupSettings, find_duplicates
+    from fewcells.data.folds import assign_folds
+    from fewcells.data.manifest import build_manifest
+    from fewcells.data.store import build_store
+    from fewcells.plan import model_job_config, train_job_config
+    from fewcells.training.run import run_training
 
     config = validate_config(yaml.safe_load((REPO / "config" / "all_binary.yaml").read_text()))
     experiment = config["experiments"]["all_binary"]
@@ -181,7 +182,7 @@ def regression_case(data_root: Path, work: Path) -> tuple[pd.DataFrame, pd.DataF
     write_json({"classes": names, "task": "binary"}, work / "folds" / "classes.json")
     image = experiment["image"]
     build_store(kept, work / "store", image["size"], image["fit"])
-    train = train_protocol(experiment) | {"max_epochs": EPOCHS}
+    train = train_job_config(experiment) | {"max_epochs": EPOCHS}
     info = run_training(
         work / "store",
         work / "folds" / "folds.csv",
@@ -189,7 +190,7 @@ def regression_case(data_root: Path, work: Path) -> tuple[pd.DataFrame, pd.DataF
         FOLD,
         SIZE,
         train,
-        training_model(experiment, str(work / "pretrained")),
+        model_job_config(experiment, str(work / "pretrained")),
         work / "train",
         image_size=image["size"],
     )

@@ -140,9 +140,10 @@ def test_changing_a_plot_option_reruns_only_the_plots(tiny_run):
     assert _planned_after_edit(tiny_run, "plots", edit) == {"evaluate_binary": 1, "all": 1}
 
 
-def test_editing_the_training_code_retrains(tiny_run):
+@pytest.mark.parametrize("module", ["training/models.py", "contracts.py"])
+def test_editing_the_training_code_retrains(tiny_run, module):
     # Snakemake compares checksums of inputs it did not make: edit the content, then restore.
-    code = REPO / "workflow" / "fewcells" / "model.py"
+    code = REPO / "workflow" / "fewcells" / module
     text, before = code.read_bytes(), code.stat()
     code.write_bytes(text + b"# an edit\n")
     try:

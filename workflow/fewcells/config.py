@@ -9,17 +9,13 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from fewcells.contracts import SCORES
 from fewcells.errors import FewcellsError
-from fewcells.metric_names import MAIN_METRIC, SCORES
+from fewcells.plan import common_sizes_and_folds, experiment_task, fold_ids
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
-TRAIN_RESOURCE_KEYS = ("mem_mb", "runtime", "gpus", "gpu_model")
-# train keys that say how many networks are trained, not how one is trained.
-TRAIN_PLAN_KEYS = ("replicates", "replicate_sizes")
 # results/<name>/ folders the workflow writes besides the experiments' own.
 RESERVED_RESULT_FOLDERS = ("benchmarks", "comparisons", "datasets", "logs", "pretrained")
-# Keys of an experiment's `pretrain` section that replace its `train` keys when pretraining.
-PRETRAIN_TRAIN_KEYS = ("optimizer", "lr", "batch_size", "max_epochs", "patience", "seed", "threads")
 # model keys a pretrained network and the network that starts from it share.
 PRETRAINED_MODEL_KEYS = ("name", "hidden", "keep_blocks")
 
@@ -226,20 +222,6 @@ def _check_transfer(config: dict) -> None:
 FOLD_KEYS_THAT_MAY_DIFFER = ("sizes", "run_folds")
 
 
-def experiment_task(experiment: dict) -> str:
-    """binary (exactly two classes configured) or multiclass."""
-    classes = experiment.get("classes")
-    return "binary" if classes is not None and len(classes) == 2 else "multiclass"
-
-
-def compare_metric(config: dict, entry: dict) -> str:
-    """The metric of a validated `compare` entry (null - the task's main metric)."""
-    if entry.get("metric"):
-        return entry["metric"]
-    task = experiment_task(config["experiments"][entry["experiments"][0]])
-    return MAIN_METRIC[task]
-
-
 def check_merged_groups(groups: dict, class_names: list[str], key: str) -> None:
     """Every merged group names classes of the experiment and leaves at least one out."""
     for group, members in groups.items():
@@ -270,14 +252,6 @@ def _check_merged(key: str, experiment: dict) -> None:
     if experiment.get("classes"):
         names = [entry["name"] for entry in experiment["classes"]]
         check_merged_groups(groups, names, f"{key}.evaluate.merged")
-
-
-def common_sizes_and_folds(config: dict, names: list[str]) -> tuple[list[int], list[int]]:
-    """Training sizes and folds that every one of the experiments trains."""
-    experiments = [config["experiments"][name] for name in names]
-    sizes = set.intersection(*(set(e["folds"]["sizes"]) for e in experiments))
-    folds = set.intersection(*(set(fold_ids(e)) for e in experiments))
-    return sorted(sizes), sorted(folds)
 
 
 def _check_compare(config: dict) -> None:
@@ -382,7 +356,7 @@ def _check_classes(key: str, experiment: dict) -> None:
 
 def _demo_class_counts(experiment: dict, dataset: dict) -> dict[str, int]:
     """Images per class of a demo data set (after deduplication), by experiment class."""
-    from fewcells.demo import DEMO_CLASSES
+    from fewcells.data.demo import DEMO_CLASSES
 
     n_per_class = dataset["demo"]["n_per_class"]
     per_label = {label: n_per_class for label in DEMO_CLASSES}
@@ -424,97 +398,3 @@ def _check_demo_sizes(key: str, experiment: dict, dataset: dict) -> None:
             f"config key {key}.folds.sizes: training size(s) {too_big} are larger than the "
             f"training pool (about {pool} images of {total} demo images)"
         )
-
-
-def train_protocol(experiment: dict) -> dict:
-    """The `train` section without the scheduler resources (what the training code reads);
-    `finetune` only where it is set."""
-    return {
-        k: v
-        for k, v in experiment["train"].items()
-        if k not in TRAIN_RESOURCE_KEYS + TRAIN_PLAN_KEYS and not (k == "finetune" and v is None)
-    }
-
-
-def pretrain_protocol(experiment: dict) -> dict:
-    """What the pretraining job of a source experiment reads: its train protocol without
-    finetune, with the `pretrain` section's optimizer, lr, batch size, epochs, patience,
-    seed and threads."""
-    protocol = {k: v for k, v in train_protocol(experiment).items() if k != "finetune"}
-    return protocol | {k: experiment["pretrain"][k] for k in PRETRAIN_TRAIN_KEYS}
-
-
-def pretrained_sources(config: dict, experiments: list[str]) -> list[str]:
-    """The source experiments that `experiments` are pretrained on (sorted, no repeats)."""
-    sources = {config["experiments"][name]["model"]["pretrained"] for name in experiments}
-    return sorted(sources - {None})
-
-
-def training_model(experiment: dict, pretrained_root: str) -> dict:
-    """The `model` section a training job reads: model.pretrained becomes model.weights =
-    PRETRAINED_ROOT/<source>/model.ckpt (and the key is dropped)."""
-    model = {k: v for k, v in experiment["model"].items() if k != "pretrained"}
-    source = experiment["model"].get("pretrained")
-    if source is not None:
-        model["weights"] = f"{pretrained_root}/{source}/model.ckpt"
-    return model
-
-
-def fold_ids(experiment: dict) -> list[int]:
-    """Folds to train: `folds.run_folds` or all k."""
-    folds = experiment["folds"]
-    return list(folds["run_folds"]) if folds["run_folds"] else list(range(folds["k"]))
-
-
-def replicates_at(experiment: dict, size: int) -> int:
-    """Networks trained per fold at training size `size`: train.replicates where
-    train.replicate_sizes includes it (null: every size), else 1."""
-    train = experiment["train"]
-    chosen = train["replicate_sizes"]
-    return train["replicates"] if chosen is None or size in chosen else 1
-
-
-def run_name(fold: int, replicate: int = 0) -> str:
-    """The folder of one trained network under train/n<size>/: fold<k>, and fold<k>_rep<r>
-    for the replicates r >= 1 (other seeds on the same fold)."""
-    return f"fold{fold}" if replicate == 0 else f"fold{fold}_rep{replicate}"
-
-
-def parse_run_name(run: str) -> tuple[int, int]:
-    """(fold, replicate) of a run folder name; the inverse of run_name."""
-    fold, _, replicate = run.removeprefix("fold").partition("_rep")
-    return int(fold), int(replicate or 0)
-
-
-def training_runs(experiment: dict, size: int) -> list[str]:
-    """The run folders (see run_name) of every network trained at `size`."""
-    return [
-        run_name(fold, replicate)
-        for fold in fold_ids(experiment)
-        for replicate in range(replicates_at(experiment, size))
-    ]
-
-
-def explain_sizes(experiment: dict) -> list[int]:
-    """Sizes explained: `explain.sizes`, or up to four spread over `folds.sizes`."""
-    from fewcells.plots import spread_sizes
-
-    return sorted(experiment["explain"]["sizes"] or spread_sizes(experiment["folds"]["sizes"], 4))
-
-
-def explain_folds(experiment: dict) -> list[int]:
-    """Folds explained: `explain.folds`, or the first trained fold."""
-    return list(experiment["explain"]["folds"] or fold_ids(experiment)[:1])
-
-
-def tsne_sizes(experiment: dict) -> list[int]:
-    """Sizes in the tSNE figure: `tsne.sizes`, or up to three spread over `folds.sizes`."""
-    from fewcells.plots import spread_sizes
-
-    return sorted(experiment["tsne"]["sizes"] or spread_sizes(experiment["folds"]["sizes"], 3))
-
-
-def tsne_fold(experiment: dict) -> int:
-    """Fold of the tSNE figure: `tsne.fold`, or the first trained fold."""
-    fold = experiment["tsne"]["fold"]
-    return fold_ids(experiment)[0] if fold is None else fold

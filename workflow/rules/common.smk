@@ -1,3 +1,9 @@
+# Config and paths shared by all rule files. Holds the validated config (CONFIG), the
+# results folders, the run lock, the code whose edits retrain, wildcard constraints and the
+# report's sections. The Snakefile includes this file first, then targets.smk (what the run
+# makes) and inputs.smk (what the rules read, their params and resources).
+
+
 import atexit
 import json
 import sys
@@ -6,33 +12,32 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
-from fewcells.config import (
-    check_config_file,
+from fewcells import runlock
+from fewcells.config import check_config_file, validate_config
+from fewcells.data.fetch import source_listing
+from fewcells.errors import FewcellsError
+from fewcells.predict.entries import (
+    entry_classes,
+    entry_train_dirs,
+    set_aside_dependency,
+)
+from fewcells.plan import (
     common_sizes_and_folds,
     compare_metric,
     experiment_task,
     explain_folds,
     explain_sizes,
     fold_ids,
-    pretrain_protocol,
-    replicates_at,
+    model_job_config,
     parse_run_name,
+    pretrain_job_config,
+    replicates_at,
     run_name,
-    train_protocol,
+    train_job_config,
     training_runs,
-    training_model,
     tsne_fold,
     tsne_sizes,
-    validate_config,
 )
-from fewcells.errors import FewcellsError
-from fewcells.fetch import source_listing
-from fewcells.predict.entries import (
-    entry_classes,
-    entry_train_dirs,
-    set_aside_dependency,
-)
-from fewcells import runlock
 
 try:
     for path in workflow.configfiles:
@@ -121,50 +126,30 @@ def lock_results():
 
 lock_results()
 PACKAGE = Path(workflow.basedir) / "workflow" / "fewcells"
-TRAINING_CODE = [
-    str(PACKAGE / name)
-    for name in (
-        "model.py",
-        "augment.py",
-        "train.py",
-        "stacked.py",
-        "paper_stem.py",
-        "kernels/kernels.h",
-        "kernels/simd.h",
-        "kernels/module.cpp",
-        "kernels/paper_stem.cpp",
-        "kernels/rotate.cpp",
+
+
+def package_files(folder, leave_out=()):
+    """The Python and C++ sources under FOLDER of the fewcells package, but LEAVE_OUT (names)."""
+    return sorted(
+        str(path)
+        for path in (PACKAGE / folder).rglob("*")
+        if path.suffix in (".py", ".cpp", ".h")
+        and "__pycache__" not in path.parts
+        and path.name not in leave_out
     )
+
+
+# Code whose edits change what a training writes, so that editing it reruns the trainings:
+# the training package (a training does not import pretrain.py) and the file contracts (the
+# columns of history.csv and predictions.csv, what a collapsed network is). Pretraining also
+# reads data/folds.py, the class mapping of its split.
+TRAINING_CODE = package_files("training", leave_out=("pretrain.py",)) + [
+    str(PACKAGE / "contracts.py")
 ]
-PRETRAINING_CODE = TRAINING_CODE + [str(PACKAGE / "pretrain.py")]
-
-
-def is_binary(experiment):
-    return experiment_task(CONFIG["experiments"][experiment]) == "binary"
-
-
-COMPARISONS = {entry["name"]: entry for entry in CONFIG["compare"]}
-ENSEMBLES = {name: entry for name, entry in COMPARISONS.items() if entry["ensemble"]}
-BINARY = [e for e in CONFIG["run"] if is_binary(e)] or ["__none__"]
-MULTICLASS = [e for e in CONFIG["run"] if not is_binary(e)] or ["__none__"]
-MERGED = [
-    e for e in CONFIG["run"] if CONFIG["experiments"][e]["evaluate"]["merged"]
-] or ["__none__"]
-ENSEMBLE_FILES = (
-    "ensemble_predictions.csv",
-    "ensemble_metrics.csv",
-    "ensemble_summary.csv",
-    "ensemble_wilcoxon.csv",
-    "ensemble.md",
-    "ensemble.png",
-)
-MERGED_FILES = (
-    "merged_metrics.csv",
-    "merged_summary.csv",
-    "merged_roc.csv",
-    "merged.md",
-    "merged_roc.png",
-)
+PRETRAINING_CODE = TRAINING_CODE + [
+    str(PACKAGE / "training" / "pretrain.py"),
+    str(PACKAGE / "data" / "folds.py"),
+]
 
 
 wildcard_constraints:
@@ -177,92 +162,9 @@ wildcard_constraints:
     name=r"[A-Za-z0-9_-]+",
 
 
-# train.engine: per_fold experiments train in rule train, one job per (size, fold); the
-# others in one rule each, whose jobs train many networks (every fold of one size, or with
-# stacked_sweep of every size) by this fewcells command.
-MANY_TRAININGS_COMMANDS = {
-    "sequential": "train-folds",
-    "stacked": "train-stacked --engine stacked",
-    "stacked_sweep": "train-stacked --engine stacked_sweep",
-}
-
-
-def train_engine(experiment):
-    return CONFIG["experiments"][experiment]["train"]["engine"]
-
-
-# Wildcard pattern: the experiments trained fold by fold (rule train), or none.
-PER_FOLD_EXPERIMENTS = (
-    "|".join(e for e in CONFIG["experiments"] if train_engine(e) == "per_fold")
-    or "__none__"
-)
-
-
-def replicate_groups(experiment):
-    """EXPERIMENT's training sizes grouped by their number of replicates: {replicates: sizes}."""
-    cfg = CONFIG["experiments"][experiment]
-    groups = {}
-    for size in sorted(cfg["folds"]["sizes"]):
-        groups.setdefault(replicates_at(cfg, size), []).append(size)
-    return groups
-
-
-# (experiment, replicates, sizes) of each rule whose jobs train many networks.
-MANY_TRAININGS_JOBS = [
-    (experiment, replicates, sizes)
-    for experiment in CONFIG["experiments"]
-    if train_engine(experiment) in MANY_TRAININGS_COMMANDS
-    for replicates, sizes in replicate_groups(experiment).items()
-]
-
-
-def job_sizes(experiment):
-    """The training sizes of one job of EXPERIMENT's training rule: the size wildcard, or
-    (stacked_sweep) every size."""
-    if train_engine(experiment) == "stacked_sweep":
-        return sorted(CONFIG["experiments"][experiment]["folds"]["sizes"])
-    return ["{size}"]
-
-
-def job_name(experiment):
-    """The log and benchmark file name of one job of EXPERIMENT's training rule."""
-    engine = train_engine(experiment)
-    return engine if engine == "stacked_sweep" else f"n{{size}}_{engine}"
-
-
-def job_priority(experiment):
-    """Per-size jobs: the largest sizes first, so that a sweep ends on short jobs."""
-    if train_engine(experiment) == "stacked_sweep":
-        return 0
-    return lambda wildcards: int(wildcards.size)
-
-
-def job_outputs(experiment, replicates=1):
-    """The outputs of one job of EXPERIMENT's training rule that trains `replicates` networks
-    per fold: each of its networks' files."""
-    folds = fold_ids(CONFIG["experiments"][experiment])
-    names = {
-        "model": "model.ckpt",
-        "history": "history.csv",
-        "predictions": "predictions.csv",
-        "embeddings": "embeddings.npz",
-        "info": "train_info.json",
-    }
-    return {
-        key: [
-            f"{RESULTS}/{experiment}/train/n{size}/{run_name(fold, replicate)}/{name}"
-            for size in job_sizes(experiment)
-            for fold in folds
-            for replicate in range(replicates)
-        ]
-        for key, name in names.items()
-    }
-
-
-def many_trainings_rule_name(experiment, replicates):
-    """train_<engine>_<experiment>, with _r<replicates> for the sizes that have replicates."""
-    name = f"train_{train_engine(experiment)}_{experiment}"
-    return name if len(replicate_groups(experiment)) == 1 else f"{name}_r{replicates}"
+def one_of(names):
+    """A wildcard constraint that matches exactly NAMES (and nothing where there are none)."""
+    return "|".join(names) or "(?!)"
 
 
 def experiment_config(wildcards):
@@ -273,336 +175,90 @@ def dataset_of(wildcards):
     return CONFIG["experiments"][wildcards.experiment]["dataset"]
 
 
-def train_resource(wildcards, name, attempt):
-    """A training job's `mem_mb` or `runtime` from the config, doubled on each retry."""
-    value = CONFIG["experiments"][wildcards.experiment]["train"][name]
-    return value * 2 ** (attempt - 1)
+def train_engine(experiment):
+    return CONFIG["experiments"][experiment]["train"]["engine"]
 
 
-def job_resources(experiment, replicates=1):
-    """The resources of one job of EXPERIMENT's training rule (memory and time doubled on
-    each retry): train.runtime for each network a sequential job trains one after another,
-    for each size a stacked_sweep job trains."""
-    train = CONFIG["experiments"][experiment]["train"]
-    runtime = train["runtime"]
-    if train["engine"] == "sequential":
-        runtime *= len(fold_ids(CONFIG["experiments"][experiment])) * replicates
-    runtime *= len(job_sizes(experiment))
-    resources = {
-        "mem_mb": lambda wildcards, attempt: train["mem_mb"] * 2 ** (attempt - 1),
-        "runtime": lambda wildcards, attempt: runtime * 2 ** (attempt - 1),
-        "gpu": train["gpus"],
-    }
-    if train["gpus"] and train["gpu_model"]:
-        resources["gpu_model"] = train["gpu_model"]
-    return resources
-
-
-def gpu_model(wildcards):
-    """`train.gpu_model` for a training job that requests GPUs, else no such resource."""
-    train = CONFIG["experiments"][wildcards.experiment]["train"]
-    return train["gpu_model"] if train["gpus"] else None
-
-
-def kept_csv(wildcards):
-    return f"{DATASETS}/{dataset_of(wildcards)}/dedup/kept.csv"
+def is_binary(experiment):
+    return experiment_task(CONFIG["experiments"][experiment]) == "binary"
 
 
 def as_json(section):
     return json.dumps(section, sort_keys=True)
 
 
-def experiment_model(experiment):
-    """EXPERIMENT's model section, model.pretrained resolved to its checkpoint."""
-    return training_model(CONFIG["experiments"][experiment], PRETRAINED)
-
-
-def model_for_training(wildcards):
-    return experiment_model(wildcards.experiment)
-
-
-def train_dirs(experiment):
-    """The folder of every network EXPERIMENT trains, replicates included."""
-    cfg = CONFIG["experiments"][experiment]
-    return [
-        f"{RESULTS}/{experiment}/train/n{size}/{run}"
-        for size in sorted(cfg["folds"]["sizes"])
-        for run in training_runs(cfg, size)
-    ]
-
-
-def evaluation_targets(experiment):
-    out = f"{RESULTS}/{experiment}/evaluation"
-    figures = ["loss_curves.png", "learning_curve.png"]
-    if is_binary(experiment):
-        figures += ["roc_mean.png", "auc_boxplot.png"]
-    else:
-        figures += ["f1_boxplot.png", "confusion_matrix.png", "classwise_summary.csv"]
-    if CONFIG["experiments"][experiment]["evaluate"]["merged"]:
-        figures += [f"merged/{name}" for name in MERGED_FILES]
-    return [f"{out}/{name}" for name in ["summary.md", "metrics.csv", *figures]]
-
-
-def explanation_targets(experiment):
-    cfg = CONFIG["experiments"][experiment]
-    explain = [
-        f"{RESULTS}/{experiment}/explain/fold{fold}/{name}"
-        for fold in explain_folds(cfg)
-        for name in (
-            "relevance_maps.png",
-            "relevance_summary.csv",
-            "relevance_shares.png",
-        )
-    ]
-    tsne = f"{RESULTS}/{experiment}/tsne/fold{tsne_fold(cfg)}"
-    return explain + [f"{tsne}/{name}" for name in ("tsne.png", "separation.csv")]
-
-
-def all_targets():
-    targets = []
-    for experiment in CONFIG["run"]:
-        dataset = CONFIG["experiments"][experiment]["dataset"]
-        targets.append(f"{DATASETS}/{dataset}/dedup/dedup_summary.json")
-        targets += evaluation_targets(experiment)
-        targets += explanation_targets(experiment)
-    for name in COMPARISONS:
-        targets += [
-            f"{RESULTS}/comparisons/{name}/{file}"
-            for file in (
-                "comparison.csv",
-                "wilcoxon.csv",
-                "comparison.md",
-                "comparison.png",
-            )
-        ]
-    for name in ENSEMBLES:
-        targets += [f"{RESULTS}/comparisons/{name}/{file}" for file in ENSEMBLE_FILES]
-    for experiment in CONFIG["run"]:
-        if CONFIG["experiments"][experiment]["folds"]["set_aside"]:
-            targets.append(f"{RESULTS}/{experiment}/set_aside/set_aside.csv")
-    for entry in CONFIG["predict"]:
-        targets += [
-            f"{RESULTS}/{entry['experiment']}/predict/{entry['name']}/{file}"
-            for file in PREDICT_FILES
-        ]
-    return targets
-
-
-PREDICT_FILES = (
-    "predictions.csv",
-    "contact_sheet.png",
-    "external_metrics.csv",
-    "external.md",
-    "external_confusion.png",
-)
-PREDICT_ENTRIES = {(e["experiment"], e["name"]): e for e in CONFIG["predict"]}
-
-
-def predict_entry(wildcards):
-    return PREDICT_ENTRIES[(wildcards.experiment, wildcards.name)]
-
-
-def predict_inputs(wildcards):
-    """The networks of a predict entry (and their test predictions, for the internal
-    numbers and validation thresholds), the classes, and a set-aside table it reads."""
-    entry = predict_entry(wildcards)
-    dirs = entry_train_dirs(CONFIG, entry)
-    return {
-        "classes": f"{RESULTS}/{wildcards.experiment}/folds/classes.json",
-        "models": [f"{d}/model.ckpt" for d in dirs],
-        "predictions": [f"{d}/predictions.csv" for d in dirs],
-        "set_aside": set_aside_dependency(CONFIG, entry),
-    }
-
-
-def predict_listing(entry):
-    """The file listing of a predict entry's folder (reruns it when files change); none for
-    a set-aside folder of this run, whose set_aside.csv is an input."""
-    if set_aside_dependency(CONFIG, entry):
-        return ""
-    return source_listing(entry["images"])
-
-
-def predict_output(name, label):
-    return report(
-        f"{RESULTS}/{{experiment}}/predict/{{name}}/{name}",
-        caption="../report/predict.rst",
-        category="{experiment}",
-        subcategory="Prediction {name}",
-        labels={"experiment": "{experiment}", "prediction": "{name}", "figure": label},
-    )
-
-
-def ensemble_inputs(wildcards):
-    names = ENSEMBLES[wildcards.comparison]["experiments"]
-    sizes, folds = common_sizes_and_folds(CONFIG, names)
-    return {
-        "classes": f"{RESULTS}/{names[0]}/folds/classes.json",
-        "predictions": [
-            f"{RESULTS}/{name}/train/n{size}/fold{fold}/predictions.csv"
-            for name in names
-            for size in sizes
-            for fold in folds
-        ],
-    }
-
-
-def ensemble_members(wildcards):
-    """--member NAME FILE... per member (the (size, fold) jobs that all of them train)."""
-    names = ENSEMBLES[wildcards.comparison]["experiments"]
-    sizes, folds = common_sizes_and_folds(CONFIG, names)
-    return " ".join(
-        f"--member {name} "
-        + " ".join(
-            f"{RESULTS}/{name}/train/n{size}/fold{fold}/predictions.csv"
-            for size in sizes
-            for fold in folds
-        )
-        for name in names
-    )
-
-
-def merged_inputs(wildcards):
-    dirs = train_dirs(wildcards.experiment)
-    return {
-        "classes": f"{RESULTS}/{wildcards.experiment}/folds/classes.json",
-        "predictions": [f"{d}/predictions.csv" for d in dirs],
-    }
-
-
-def roc_sizes_option(wildcards):
-    sizes = experiment_config(wildcards)["plots"]["roc_sizes"]
-    return "--roc-sizes " + " ".join(map(str, sizes)) if sizes else ""
-
-
-def compare_inputs(wildcards):
-    return [
-        f"{RESULTS}/{experiment}/evaluation/metrics.csv"
-        for experiment in COMPARISONS[wildcards.comparison]["experiments"]
-    ]
-
-
-def comparison_output(name, label):
-    return report(
-        f"{RESULTS}/comparisons/{{comparison}}/{name}",
-        caption="../report/comparison.rst",
-        category="Comparisons",
-        subcategory="{comparison}",
-        labels={"comparison": "{comparison}", "figure": label},
-    )
-
-
-def ensemble_output(name, label):
-    return report(
-        f"{RESULTS}/comparisons/{{comparison}}/{name}",
-        caption="../report/ensemble.rst",
-        category="Comparisons",
-        subcategory="{comparison}",
-        labels={"comparison": "{comparison}", "figure": label},
-    )
-
-
-def merged_output(name, label):
-    return report(
-        f"{RESULTS}/{{experiment}}/evaluation/merged/{name}",
-        caption="../report/merged.rst",
-        category="{experiment}",
-        subcategory="Merged classes",
-        labels={"experiment": "{experiment}", "figure": label},
-    )
-
-
-def evaluate_inputs(wildcards):
-    dirs = train_dirs(wildcards.experiment)
-    return {
-        "classes": f"{RESULTS}/{wildcards.experiment}/folds/classes.json",
-        "predictions": [f"{d}/predictions.csv" for d in dirs],
-        "history": [f"{d}/history.csv" for d in dirs],
-        "info": [f"{d}/train_info.json" for d in dirs],
-    }
-
-
-EVALUATE_PARAMS = {
-    "train_dirs": lambda w: train_dirs(w.experiment),
-    "reference": lambda w: (
-        f"--reference {experiment_config(w)['reference']}"
-        if experiment_config(w)["reference"]
-        else ""
+# Where each part of the report finds its files: folder, category, subcategory, labels (the
+# figure's own label is added by report_output) and the caption shared by its files (None:
+# each file has its own, named like the file).
+REPORT_SECTIONS = {
+    "dedup": (
+        f"{DATASETS}/{{dataset}}/dedup",
+        "Data",
+        None,
+        {"dataset": "{dataset}"},
+        "dedup",
     ),
-    "plots": lambda w: as_json(experiment_config(w)["plots"]),
-    "out": lambda w: f"{RESULTS}/{w.experiment}/evaluation",
+    "evaluation": (
+        f"{RESULTS}/{{experiment}}/evaluation",
+        "{experiment}",
+        "Evaluation",
+        {"experiment": "{experiment}"},
+        None,
+    ),
+    "merged": (
+        f"{RESULTS}/{{experiment}}/evaluation/merged",
+        "{experiment}",
+        "Merged classes",
+        {"experiment": "{experiment}"},
+        "merged",
+    ),
+    "explain": (
+        f"{RESULTS}/{{experiment}}/explain/fold{{fold}}",
+        "{experiment}",
+        "Explanations",
+        {"experiment": "{experiment}", "fold": "{fold}"},
+        None,
+    ),
+    "tsne": (
+        f"{RESULTS}/{{experiment}}/tsne/fold{{fold}}",
+        "{experiment}",
+        "Explanations",
+        {"experiment": "{experiment}", "fold": "{fold}"},
+        None,
+    ),
+    "comparison": (
+        f"{RESULTS}/comparisons/{{comparison}}",
+        "Comparisons",
+        "{comparison}",
+        {"comparison": "{comparison}"},
+        "comparison",
+    ),
+    "ensemble": (
+        f"{RESULTS}/comparisons/{{comparison}}",
+        "Comparisons",
+        "{comparison}",
+        {"comparison": "{comparison}"},
+        "ensemble",
+    ),
+    "predict": (
+        f"{RESULTS}/{{experiment}}/predict/{{name}}",
+        "{experiment}",
+        "Prediction {name}",
+        {"experiment": "{experiment}", "prediction": "{name}"},
+        "predict",
+    ),
 }
-EVALUATE_SHELL = (
-    "fewcells evaluate {params.train_dirs} --classes {input.classes}"
-    " --experiment {wildcards.experiment} {params.reference}"
-    " --plot-options {params.plots:q} --out {params.out} 2> {log}"
-)
 
 
-def figure(name, caption, experiment_label):
+def report_output(section, name, caption=None, **label):
+    """The output NAME of a report SECTION (see REPORT_SECTIONS), shown in the report with
+    the caption workflow/report/CAPTION.rst and LABEL (figure=... or output=...)."""
+    folder, category, subcategory, labels, shared_caption = REPORT_SECTIONS[section]
+    caption = caption or shared_caption or Path(name).stem
     return report(
-        f"{RESULTS}/{{experiment}}/evaluation/{name}",
+        f"{folder}/{name}",
         caption=f"../report/{caption}.rst",
-        category="{experiment}",
-        subcategory="Evaluation",
-        labels={"experiment": "{experiment}", "figure": experiment_label},
-    )
-
-
-def explain_inputs(wildcards):
-    experiment = experiment_config(wildcards)
-    root = f"{RESULTS}/{wildcards.experiment}"
-    return {
-        "images": f"{root}/store/images.npy",
-        "index": f"{root}/store/index.csv",
-        "folds": f"{root}/folds/folds.csv",
-        "classes": f"{root}/folds/classes.json",
-        "models": [
-            f"{root}/train/n{size}/fold{wildcards.fold}/model.ckpt"
-            for size in explain_sizes(experiment)
-        ],
-    }
-
-
-EXPLAIN_SETTINGS = (
-    "cells",
-    "composite",
-    "share_composites",
-    "epsilon",
-    "gamma",
-    "target",
-)
-
-
-def explain_settings(wildcards):
-    explain = experiment_config(wildcards)["explain"]
-    return as_json({key: explain[key] for key in EXPLAIN_SETTINGS})
-
-
-def masks_option(wildcards):
-    dataset = CONFIG["datasets"][dataset_of(wildcards)]
-    if dataset["masks"]:
-        return f"--masks {dataset['masks']}"
-    if dataset["kind"] == "demo":
-        return f"--masks {DATASETS}/{dataset_of(wildcards)}/files/masks"
-    return ""
-
-
-def explain_figure(name, caption, label):
-    return report(
-        f"{RESULTS}/{{experiment}}/explain/fold{{fold}}/{name}",
-        caption=f"../report/{caption}.rst",
-        category="{experiment}",
-        subcategory="Explanations",
-        labels={"experiment": "{experiment}", "fold": "{fold}", "figure": label},
-    )
-
-
-def tsne_figure(name, caption, label):
-    return report(
-        f"{RESULTS}/{{experiment}}/tsne/fold{{fold}}/{name}",
-        caption=f"../report/{caption}.rst",
-        category="{experiment}",
-        subcategory="Explanations",
-        labels={"experiment": "{experiment}", "fold": "{fold}", "figure": label},
+        category=category,
+        subcategory=subcategory,
+        labels=labels | label,
     )

@@ -2,10 +2,10 @@ rule compare:
     input:
         metrics=compare_inputs,
     output:
-        table=comparison_output("comparison.csv", "comparison table"),
-        tests=comparison_output("wilcoxon.csv", "Wilcoxon tests"),
-        summary=comparison_output("comparison.md", "summary"),
-        figure=comparison_output("comparison.png", "metric vs size"),
+        table=report_output("comparison", "comparison.csv", figure="comparison table"),
+        tests=report_output("comparison", "wilcoxon.csv", figure="Wilcoxon tests"),
+        summary=report_output("comparison", "comparison.md", figure="summary"),
+        figure=report_output("comparison", "comparison.png", figure="metric vs size"),
     log:
         f"{LOGS}/comparisons/{{comparison}}.log",
     localrule: True
@@ -27,16 +27,26 @@ rule ensemble:
     input:
         unpack(ensemble_inputs),
     output:
-        predictions=ensemble_output("ensemble_predictions.csv", "ensemble predictions"),
-        metrics=ensemble_output("ensemble_metrics.csv", "ensemble metrics per fold"),
-        table=ensemble_output("ensemble_summary.csv", "ensemble summary table"),
-        tests=ensemble_output("ensemble_wilcoxon.csv", "ensemble vs best member"),
-        summary=ensemble_output("ensemble.md", "ensemble summary"),
-        figure=ensemble_output("ensemble.png", "ensemble metric vs size"),
+        predictions=report_output(
+            "ensemble", "ensemble_predictions.csv", figure="ensemble predictions"
+        ),
+        metrics=report_output(
+            "ensemble", "ensemble_metrics.csv", figure="ensemble metrics per fold"
+        ),
+        table=report_output(
+            "ensemble", "ensemble_summary.csv", figure="ensemble summary table"
+        ),
+        tests=report_output(
+            "ensemble", "ensemble_wilcoxon.csv", figure="ensemble vs best member"
+        ),
+        summary=report_output("ensemble", "ensemble.md", figure="ensemble summary"),
+        figure=report_output(
+            "ensemble", "ensemble.png", figure="ensemble metric vs size"
+        ),
     log:
         f"{LOGS}/comparisons/{{comparison}}_ensemble.log",
     wildcard_constraints:
-        comparison="|".join(ENSEMBLES) or "__none__",
+        comparison=one_of(ENSEMBLES),
     conda:
         "../../envs/fewcells.yaml"
     params:

@@ -54,12 +54,7 @@ rule dedup:
     output:
         pairs=f"{DATASETS}/{{dataset}}/dedup/pairs.csv",
         kept=f"{DATASETS}/{{dataset}}/dedup/kept.csv",
-        summary=report(
-            f"{DATASETS}/{{dataset}}/dedup/dedup_summary.json",
-            caption="../report/dedup.rst",
-            category="Data",
-            labels={"dataset": "{dataset}", "output": "deduplication"},
-        ),
+        summary=report_output("dedup", "dedup_summary.json", output="deduplication"),
     log:
         f"{LOGS}/dedup/{{dataset}}.log",
     benchmark:

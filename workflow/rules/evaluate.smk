@@ -2,16 +2,16 @@ rule evaluate_binary:
     input:
         unpack(evaluate_inputs),
     output:
-        summary=figure("summary.md", "summary", "summary table"),
+        summary=report_output("evaluation", "summary.md", figure="summary table"),
         metrics=f"{RESULTS}/{{experiment}}/evaluation/metrics.csv",
-        loss=figure("loss_curves.png", "loss_curves", "loss curves"),
-        curve=figure("learning_curve.png", "learning_curve", "learning curve"),
-        roc=figure("roc_mean.png", "roc_mean", "mean ROC"),
-        boxplot=figure("auc_boxplot.png", "auc_boxplot", "ROC-AUC vs size"),
+        loss=report_output("evaluation", "loss_curves.png", figure="loss curves"),
+        curve=report_output("evaluation", "learning_curve.png", figure="learning curve"),
+        roc=report_output("evaluation", "roc_mean.png", figure="mean ROC"),
+        boxplot=report_output("evaluation", "auc_boxplot.png", figure="ROC-AUC vs size"),
     log:
         f"{LOGS}/{{experiment}}/evaluate.log",
     wildcard_constraints:
-        experiment="|".join(BINARY),
+        experiment=one_of(BINARY),
     localrule: True
     conda:
         "../../envs/fewcells.yaml"
@@ -25,21 +25,24 @@ rule evaluate_multiclass:
     input:
         unpack(evaluate_inputs),
     output:
-        summary=figure("summary.md", "summary", "summary table"),
+        summary=report_output("evaluation", "summary.md", figure="summary table"),
         metrics=f"{RESULTS}/{{experiment}}/evaluation/metrics.csv",
-        loss=figure("loss_curves.png", "loss_curves", "loss curves"),
-        curve=figure("learning_curve.png", "learning_curve", "learning curve"),
-        boxplot=figure("f1_boxplot.png", "f1_boxplot", "macro F1 vs size"),
-        confusion=figure("confusion_matrix.png", "confusion_matrix", "confusion matrix"),
-        classwise=figure(
+        loss=report_output("evaluation", "loss_curves.png", figure="loss curves"),
+        curve=report_output("evaluation", "learning_curve.png", figure="learning curve"),
+        boxplot=report_output("evaluation", "f1_boxplot.png", figure="macro F1 vs size"),
+        confusion=report_output(
+            "evaluation", "confusion_matrix.png", figure="confusion matrix"
+        ),
+        classwise=report_output(
+            "evaluation",
             "classwise_summary.csv",
-            "classwise",
-            "class-wise precision and sensitivity",
+            caption="classwise",
+            figure="class-wise precision and sensitivity",
         ),
     log:
         f"{LOGS}/{{experiment}}/evaluate.log",
     wildcard_constraints:
-        experiment="|".join(MULTICLASS),
+        experiment=one_of(MULTICLASS),
     localrule: True
     conda:
         "../../envs/fewcells.yaml"
@@ -53,15 +56,21 @@ rule evaluate_merged:
     input:
         unpack(merged_inputs),
     output:
-        metrics=merged_output("merged_metrics.csv", "merged classes per fold"),
-        table=merged_output("merged_summary.csv", "merged classes table"),
-        roc_table=merged_output("merged_roc.csv", "merged classes mean ROC table"),
-        summary=merged_output("merged.md", "merged classes summary"),
-        roc=merged_output("merged_roc.png", "merged classes mean ROC"),
+        metrics=report_output(
+            "merged", "merged_metrics.csv", figure="merged classes per fold"
+        ),
+        table=report_output(
+            "merged", "merged_summary.csv", figure="merged classes table"
+        ),
+        roc_table=report_output(
+            "merged", "merged_roc.csv", figure="merged classes mean ROC table"
+        ),
+        summary=report_output("merged", "merged.md", figure="merged classes summary"),
+        roc=report_output("merged", "merged_roc.png", figure="merged classes mean ROC"),
     log:
         f"{LOGS}/{{experiment}}/evaluate_merged.log",
     wildcard_constraints:
-        experiment="|".join(MERGED),
+        experiment=one_of(MERGED),
     conda:
         "../../envs/fewcells.yaml"
     params:

@@ -2,14 +2,12 @@ rule explain:
     input:
         unpack(explain_inputs),
     output:
-        maps=explain_figure("relevance_maps.png", "relevance_maps", "relevance maps"),
+        maps=report_output("explain", "relevance_maps.png", figure="relevance maps"),
         shares=f"{RESULTS}/{{experiment}}/explain/fold{{fold}}/relevance_shares.csv",
-        summary=explain_figure(
-            "relevance_summary.csv", "relevance_summary", "relevance shares table"
+        summary=report_output(
+            "explain", "relevance_summary.csv", figure="relevance shares table"
         ),
-        plot=explain_figure(
-            "relevance_shares.png", "relevance_shares", "relevance shares"
-        ),
+        plot=report_output("explain", "relevance_shares.png", figure="relevance shares"),
         masks=f"{RESULTS}/{{experiment}}/explain/fold{{fold}}/masks.csv",
     log:
         f"{LOGS}/{{experiment}}/explain/fold{{fold}}.log",
@@ -46,12 +44,15 @@ rule tsne:
             for size in tsne_sizes(experiment_config(w))
         ],
     output:
-        figure=tsne_figure("tsne.png", "tsne", "tSNE"),
+        figure=report_output("tsne", "tsne.png", figure="tSNE"),
         coordinates=f"{RESULTS}/{{experiment}}/tsne/fold{{fold}}/tsne_coordinates.csv",
-        table=tsne_figure(
-            "separation.csv", "separation_table", "class separation table"
+        table=report_output(
+            "tsne",
+            "separation.csv",
+            caption="separation_table",
+            figure="class separation table",
         ),
-        plot=tsne_figure("separation.png", "separation", "class separation"),
+        plot=report_output("tsne", "separation.png", figure="class separation"),
     log:
         f"{LOGS}/{{experiment}}/tsne/fold{{fold}}.log",
     conda:

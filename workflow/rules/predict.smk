@@ -27,10 +27,12 @@ rule predict:
         unpack(predict_inputs),
     output:
         predictions=f"{RESULTS}/{{experiment}}/predict/{{name}}/predictions.csv",
-        sheet=predict_output("contact_sheet.png", "contact sheet"),
+        sheet=report_output("predict", "contact_sheet.png", figure="contact sheet"),
         metrics=f"{RESULTS}/{{experiment}}/predict/{{name}}/external_metrics.csv",
-        summary=predict_output("external.md", "external validation"),
-        confusion=predict_output("external_confusion.png", "external confusion matrix"),
+        summary=report_output("predict", "external.md", figure="external validation"),
+        confusion=report_output(
+            "predict", "external_confusion.png", figure="external confusion matrix"
+        ),
         info=f"{RESULTS}/{{experiment}}/predict/{{name}}/predict_info.json",
     log:
         f"{LOGS}/{{experiment}}/predict/{{name}}.log",

@@ -5,7 +5,8 @@ rule train:
         folds=f"{RESULTS}/{{experiment}}/folds/folds.csv",
         classes=f"{RESULTS}/{{experiment}}/folds/classes.json",
         code=TRAINING_CODE,
-        weights=lambda w: model_for_training(w)["weights"] or [],
+        weights=lambda w: model_job_config(experiment_config(w), PRETRAINED)["weights"]
+        or [],
     output:
         model=f"{RESULTS}/{{experiment}}/train/n{{size}}/{{run}}/model.ckpt",
         history=f"{RESULTS}/{{experiment}}/train/n{{size}}/{{run}}/history.csv",
@@ -17,7 +18,7 @@ rule train:
     benchmark:
         f"{BENCHMARKS}/{{experiment}}/train/n{{size}}_{{run}}.tsv"
     wildcard_constraints:
-        experiment=PER_FOLD_EXPERIMENTS,
+        experiment=one_of(PER_FOLD_EXPERIMENTS),
     # Largest trainings first, so that a sweep ends on short jobs instead of one long job
     # running while the other cores idle.
     priority: lambda w: int(w.size)
@@ -30,8 +31,8 @@ rule train:
         gpu=lambda w: CONFIG["experiments"][w.experiment]["train"]["gpus"],
         gpu_model=gpu_model,
     params:
-        train=lambda w: as_json(train_protocol(experiment_config(w))),
-        model=lambda w: as_json(model_for_training(w)),
+        train=lambda w: as_json(train_job_config(experiment_config(w))),
+        model=lambda w: as_json(model_job_config(experiment_config(w), PRETRAINED)),
         image_size=lambda w: experiment_config(w)["image"]["size"],
         store=lambda w: f"{RESULTS}/{w.experiment}/store",
         folds=lambda w: f"{RESULTS}/{w.experiment}/folds",
@@ -46,48 +47,48 @@ rule train:
         " --out {params.out} 2> {log}"
 
 
-for many_experiment, replicates, sizes in MANY_TRAININGS_JOBS:
+for experiment_name, replicates, sizes in MULTI_NETWORK_JOBS:
     # One job trains many networks: every fold (and replicate) of one training size one after
     # another in one process (train.engine: sequential) or side by side as one model
     # (stacked), or every fold of every size as one model (stacked_sweep). Sizes with another
     # number of replicates get a rule of their own.
-    many_engine = train_engine(many_experiment)
+    multi_network = CONFIG["experiments"][experiment_name]
 
     rule:
         name:
-            many_trainings_rule_name(many_experiment, replicates)
+            multi_network_rule_name(experiment_name, replicates)
         input:
-            images=f"{RESULTS}/{many_experiment}/store/images.npy",
-            index=f"{RESULTS}/{many_experiment}/store/index.csv",
-            folds=f"{RESULTS}/{many_experiment}/folds/folds.csv",
-            classes=f"{RESULTS}/{many_experiment}/folds/classes.json",
+            images=f"{RESULTS}/{experiment_name}/store/images.npy",
+            index=f"{RESULTS}/{experiment_name}/store/index.csv",
+            folds=f"{RESULTS}/{experiment_name}/folds/folds.csv",
+            classes=f"{RESULTS}/{experiment_name}/folds/classes.json",
             code=TRAINING_CODE,
-            weights=experiment_model(many_experiment)["weights"] or [],
+            weights=model_job_config(multi_network, PRETRAINED)["weights"] or [],
         output:
-            **job_outputs(many_experiment, replicates),
+            **job_outputs(experiment_name, replicates),
         log:
-            f"{LOGS}/{many_experiment}/train/{job_name(many_experiment)}.log",
+            f"{LOGS}/{experiment_name}/train/{job_name(experiment_name)}.log",
         benchmark:
-            f"{BENCHMARKS}/{many_experiment}/train/{job_name(many_experiment)}.tsv"
+            f"{BENCHMARKS}/{experiment_name}/train/{job_name(experiment_name)}.tsv"
         wildcard_constraints:
             size="|".join(map(str, sizes)),
-        priority: job_priority(many_experiment)
+        priority: job_priority(experiment_name)
         conda:
             "../../envs/fewcells.yaml"
-        threads: CONFIG["experiments"][many_experiment]["train"]["threads"]
+        threads: multi_network["train"]["threads"]
         resources:
-            **job_resources(many_experiment, replicates),
+            **job_resources(experiment_name, replicates),
         params:
-            command=MANY_TRAININGS_COMMANDS[many_engine],
+            command=MULTI_NETWORK_COMMANDS[train_engine(experiment_name)],
             replicates=f" --replicates {replicates}" if replicates > 1 else "",
-            train=as_json(train_protocol(CONFIG["experiments"][many_experiment])),
-            model=as_json(experiment_model(many_experiment)),
-            image_size=CONFIG["experiments"][many_experiment]["image"]["size"],
-            folds=",".join(map(str, fold_ids(CONFIG["experiments"][many_experiment]))),
-            sizes=",".join(map(str, job_sizes(many_experiment))),
-            store=f"{RESULTS}/{many_experiment}/store",
-            fold_dir=f"{RESULTS}/{many_experiment}/folds",
-            out=f"{RESULTS}/{many_experiment}/train",
+            train=as_json(train_job_config(multi_network)),
+            model=as_json(model_job_config(multi_network, PRETRAINED)),
+            image_size=multi_network["image"]["size"],
+            folds=",".join(map(str, fold_ids(multi_network))),
+            sizes=",".join(map(str, job_sizes(experiment_name))),
+            store=f"{RESULTS}/{experiment_name}/store",
+            fold_dir=f"{RESULTS}/{experiment_name}/folds",
+            out=f"{RESULTS}/{experiment_name}/train",
         shell:
             "fewcells {params.command} --store {params.store} --folds {params.fold_dir}"
             " --fold-ids {params.folds} --sizes {params.sizes}{params.replicates}"

@@ -22,8 +22,8 @@ rule pretrain:
         runtime=lambda w: experiment_config(w)["pretrain"]["runtime"],
         gpu=lambda w: experiment_config(w)["pretrain"]["gpus"],
     params:
-        train=lambda w: as_json(pretrain_protocol(experiment_config(w))),
-        model=lambda w: as_json(model_for_training(w)),
+        train=lambda w: as_json(pretrain_job_config(experiment_config(w))),
+        model=lambda w: as_json(model_job_config(experiment_config(w), PRETRAINED)),
         classes=lambda w: as_json(experiment_config(w).get("classes")),
         image_size=lambda w: experiment_config(w)["image"]["size"],
         val_fraction=lambda w: experiment_config(w)["pretrain"]["val_fraction"],

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fewcells.config import fold_ids, replicates_at, run_name
 from fewcells.errors import FewcellsError
+from fewcells.plan import fold_ids, replicates_at, run_name
 
 ENTRY_DEFAULTS = {
     "size": None,

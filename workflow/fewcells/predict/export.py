@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from fewcells.atomic import atomic_path
+from fewcells.data.fetch import sha256_file
 from fewcells.errors import FewcellsError
-from fewcells.fetch import sha256_file
 from fewcells.provenance import provenance
 
 ONNX_OPSET = 17
@@ -88,7 +88,8 @@ def export_files(module: nn.Module, image_size: int, out_dir: Path) -> None:
 
 def network_metrics(networks: Sequence, class_names: Sequence[str], task: str) -> dict:
     """The internal test metrics of the networks (mean over them, and per network)."""
-    from fewcells.evaluate import binary_metrics, multiclass_metrics, read_predictions
+    from fewcells.analysis.metrics import binary_metrics, multiclass_metrics
+    from fewcells.analysis.readers import read_predictions
 
     pred = read_predictions([n.directory / "predictions.csv" for n in networks], class_names)
     if task == "binary":
@@ -179,7 +180,7 @@ def export_networks(
     """Write model.pt, model.onnx and model_card.json of the networks of `train_dirs`
     (one: that network; several: their soft-voting ensemble) to `out_dir`, atomically.
     Returns the model card."""
-    from fewcells.evaluate import read_classes
+    from fewcells.contracts import read_classes
     from fewcells.predict.predict import load_network
 
     class_names, task = read_classes(classes_json)

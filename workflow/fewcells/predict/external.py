@@ -19,18 +19,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fewcells import plots
-from fewcells.atomic import write_png
-from fewcells.evaluate import (
+from fewcells.analysis import plots
+from fewcells.analysis.metrics import (
     binary_metrics,
     classwise_metrics,
     confusion_matrix_square,
     confusion_matrix_table,
     multiclass_metrics,
-    read_predictions,
     youden,
 )
-from fewcells.metric_names import BINARY_METRICS, MULTICLASS_METRICS
+from fewcells.analysis.readers import read_predictions
+from fewcells.analysis.report import series_mean_sd
+from fewcells.atomic import write_png
+from fewcells.contracts import BINARY_METRICS, MULTICLASS_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -172,15 +173,6 @@ def external_metrics(
     return metrics, external
 
 
-def _mean_sd(values: pd.Series) -> str:
-    values = values.dropna()
-    if values.empty:
-        return "–"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.3f}"
-    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
-
-
 def external_markdown(
     metrics: pd.DataFrame,
     predictions: pd.DataFrame,
@@ -220,8 +212,8 @@ def external_markdown(
         ]
         for metric in columns:
             lines.append(
-                f"| {LABELS.get(metric, metric)} | {_mean_sd(internal[metric])} | "
-                f"{_mean_sd(outside[metric])} | {_mean_sd(voted[metric])} |"
+                f"| {LABELS.get(metric, metric)} | {series_mean_sd(internal[metric])} | "
+                f"{series_mean_sd(outside[metric])} | {series_mean_sd(voted[metric])} |"
             )
         lines.append("")
     lines += [

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from fewcells.data.manifest import KINDS, UNLABELLED_KINDS, build_manifest, load_rgb
+from fewcells.data.store import fit_image
 from fewcells.errors import FewcellsError
-from fewcells.manifest import KINDS, UNLABELLED_KINDS, build_manifest, load_rgb
-from fewcells.store import fit_image
 
 IMAGE_SET_KINDS = (*KINDS, *UNLABELLED_KINDS, "demo")
 SKIP_ADVICE = "set the predict entry's images.on_bad_image: skip to leave them out"
@@ -29,8 +29,8 @@ def fetch_image_set(images: dict, work_dir: Path) -> tuple[Path, str]:
     """The image root of the set `images` (a folder used in place, an archive or a URL
     extracted under `work_dir`, a demo set generated there) and the manifest kind to read
     it with."""
-    from fewcells.demo import generate_demo
-    from fewcells.fetch import fetch
+    from fewcells.data.demo import generate_demo
+    from fewcells.data.fetch import fetch
 
     kind = images.get("kind")
     if kind not in IMAGE_SET_KINDS:

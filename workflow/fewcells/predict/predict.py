@@ -26,11 +26,11 @@ import pandas as pd
 import torch
 
 from fewcells.atomic import atomic_path
-from fewcells.config import parse_run_name
 from fewcells.errors import FewcellsError
-from fewcells.model import to_model_input
+from fewcells.plan import parse_run_name
 from fewcells.predict.images import image_batches, image_table
 from fewcells.provenance import provenance
+from fewcells.training.models import to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def parse_train_dir(directory: str | os.PathLike) -> tuple[int, int, int]:
 def load_network(directory: str | os.PathLike) -> Network:
     """The network of a training folder, in eval mode on the CPU; on a CPU the paper CNN's
     first blocks run as the compiled kernel where its training used it (train.fused_cpu_kernel)."""
-    from fewcells.train import CellClassifier
+    from fewcells.training.module import CellClassifier
 
     directory = Path(directory)
     size, fold, replicate = parse_train_dir(directory)
@@ -249,7 +249,7 @@ def run_prediction(
     `out_dir`: predictions.csv, networks.csv, network_probabilities.npy, contact_sheet.png,
     external_metrics.csv, external.md, external_confusion.png and predict_info.json.
     Returns the predictions table."""
-    from fewcells.evaluate import read_classes
+    from fewcells.contracts import read_classes
     from fewcells.predict import external, sheet
 
     started = time.perf_counter()

@@ -13,16 +13,16 @@ import torch
 from matplotlib.figure import Figure
 
 from fewcells.atomic import write_png
-from fewcells.explain import (
-    DEFAULT_SETTINGS,
+from fewcells.explain.attribution import (
     canonizers_for,
     describe_composite,
     input_bounds,
     lrp,
     make_composite,
 )
-from fewcells.model import to_model_input
+from fewcells.explain.relevance import DEFAULT_SETTINGS
 from fewcells.predict.images import prepare_image
+from fewcells.training.models import to_model_input
 
 
 def sheet_rows(predictions: pd.DataFrame, per_group: int) -> tuple[int, pd.DataFrame]:

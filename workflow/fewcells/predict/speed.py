@@ -5,7 +5,6 @@ speed of reading and fitting images (the other half of a prediction's time)."""
 from __future__ import annotations
 
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -15,9 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fewcells.model import PaperCNN, to_model_input
-from fewcells.paper_stem import load_kernel
 from fewcells.predict.images import prepare_image
+from fewcells.training.kernels import loader
+from fewcells.training.memory import peak_rss_mb
+from fewcells.training.models import PaperCNN, to_model_input
 
 
 def _rate(model: PaperCNN, batch: torch.Tensor, n_batches: int) -> float:
@@ -62,7 +62,7 @@ def benchmark_predict(
         np.random.default_rng(0).integers(0, 256, (batch_size, image_size, image_size, 3), np.uint8)
     )
     n_batches = max(1, n_images // batch_size)
-    kernel, how = load_kernel()
+    kernel, how = loader.load_kernel()
     result = {
         "image_size": image_size,
         "batch_size": batch_size,
@@ -77,7 +77,7 @@ def benchmark_predict(
         rates = sorted(_rate(model, batch, n_batches) for _ in range(repeats))
         result[f"images_per_second_{label}"] = rates[len(rates) // 2]
     result["reading_images_per_second"] = _reading_rate(min(256, n_images), image_size)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     load = os.getloadavg()[0]
     result["load_average_1min"] = load
     lines = [

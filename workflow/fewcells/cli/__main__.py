@@ -1,0 +1,7 @@
+"""`python -m fewcells.cli`: the `fewcells` command."""
+
+import sys
+
+from fewcells.cli import main
+
+sys.exit(main())
