@@ -16,7 +16,7 @@ from PIL import Image
 from fewcells.data.store import build_store, open_store
 from fewcells.errors import FewcellsError
 from fewcells.predict.images import image_batches, image_table, prepare_image, rescale_image
-from fewcells.predict.predict import load_network, map_labels, run_prediction, soft_vote
+from fewcells.predict.predict import load_network, map_labels, run_prediction, vote_networks
 from fewcells.predict.set_aside import set_aside_images, without_set_aside, write_set_aside
 from fewcells.training.module import CellClassifier
 
@@ -108,12 +108,12 @@ def test_soft_vote_is_the_mean_and_spread_the_sd_of_the_predicted_class():
             [[0.8, 0.2], [0.2, 0.8]],
         ]
     )
-    mean, spread = soft_vote(probabilities)
+    mean, spread = vote_networks(probabilities)
     np.testing.assert_allclose(mean, [[0.8, 0.2], [0.4, 0.6]])
     # image 0: class 0 predicted, p = 0.9, 0.7, 0.8 -> population sd sqrt(2/300)
     # image 1: class 1 predicted, p = 0.6, 0.4, 0.8 -> sd sqrt(((0)^2+0.2^2+0.2^2)/3)
     np.testing.assert_allclose(spread, [np.sqrt(0.02 / 3), np.sqrt(0.08 / 3)])
-    single_mean, single_spread = soft_vote(probabilities[:1])
+    single_mean, single_spread = vote_networks(probabilities[:1])
     np.testing.assert_allclose(single_mean, probabilities[0])
     assert (single_spread == 0).all()
 
@@ -228,7 +228,7 @@ def test_a_prediction_with_an_ensemble_and_external_validation(tmp_path):
     with torch.no_grad():
         each = np.stack([torch.softmax(n.model(x), 1).numpy() for n in networks])
     np.testing.assert_allclose(written[["p_normal", "p_ig"]], each.mean(axis=0), atol=1e-6)
-    np.testing.assert_allclose(written["spread"], soft_vote(each)[1], atol=1e-6)
+    np.testing.assert_allclose(written["spread"], vote_networks(each)[1], atol=1e-6)
     stored = np.load(out / "network_probabilities.npy")
     np.testing.assert_allclose(stored, each, atol=1e-6)
     metrics = pd.read_csv(out / "external_metrics.csv")

@@ -31,7 +31,7 @@ from fewcells.analysis.metrics import (
 from fewcells.analysis.readers import read_predictions
 from fewcells.analysis.report import series_mean_sd
 from fewcells.atomic import write_png
-from fewcells.contracts import BINARY_METRICS, MULTICLASS_METRICS
+from fewcells.contracts import BINARY_METRICS, METRIC_LABELS, MULTICLASS_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +48,6 @@ SHOWN = {
         "accuracy",
     ],
     "multiclass": ["macro_f1", "accuracy", "balanced_accuracy"],
-}
-LABELS = {
-    "roc_auc": "ROC-AUC",
-    "sensitivity": "sensitivity at 0.5",
-    "specificity": "specificity at 0.5",
-    "val_sensitivity": "sensitivity at the validation threshold",
-    "val_specificity": "specificity at the validation threshold",
-    "positive_rate": "share called positive at 0.5",
-    "accuracy": "accuracy at 0.5",
-    "macro_f1": "macro F1",
-    "balanced_accuracy": "balanced accuracy",
 }
 
 
@@ -212,7 +201,7 @@ def external_markdown(
         ]
         for metric in columns:
             lines.append(
-                f"| {LABELS.get(metric, metric)} | {series_mean_sd(internal[metric])} | "
+                f"| {METRIC_LABELS.get(metric, metric)} | {series_mean_sd(internal[metric])} | "
                 f"{series_mean_sd(outside[metric])} | {series_mean_sd(voted[metric])} |"
             )
         lines.append("")

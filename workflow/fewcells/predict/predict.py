@@ -93,14 +93,14 @@ def load_network(directory: str | os.PathLike) -> Network:
     )
 
 
-def soft_vote(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def vote_networks(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(networks, images, classes) probabilities -> the ensemble's (images, classes) mean and,
     per image, the standard deviation between networks (ddof 0) of the probability of the
     class the ensemble predicts."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     if probabilities.ndim != 3 or probabilities.shape[0] < 1:
         raise FewcellsError(
-            f"soft_vote: needs (networks, images, classes), got {probabilities.shape}"
+            f"vote_networks: needs (networks, images, classes), got {probabilities.shape}"
         )
     mean = probabilities.mean(axis=0)
     predicted = mean.argmax(axis=1)
@@ -208,7 +208,7 @@ def prediction_rows(
     frames = []
     for size in sorted({n.size for n in networks}):
         chosen = [i for i, n in enumerate(networks) if n.size == size]
-        mean, spread = soft_vote(probabilities[chosen])
+        mean, spread = vote_networks(probabilities[chosen])
         frame = pd.DataFrame(
             {
                 "size": size,
