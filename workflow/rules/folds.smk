@@ -1,6 +1,6 @@
 rule folds:
     input:
-        kept_csv,
+        unpack(folds_inputs),
     output:
         folds=f"{RESULTS}/{{experiment}}/folds/folds.csv",
         classes=f"{RESULTS}/{{experiment}}/folds/classes.json",
@@ -9,19 +9,10 @@ rule folds:
     conda:
         "../../envs/fewcells.yaml"
     params:
-        spec=lambda w: as_json(
-            {
-                k: v
-                for k, v in experiment_config(w)["folds"].items()
-                if k not in ("sizes", "run_folds")
-                and not (k == "set_aside" and v is None)
-            }
-            | {"classes": experiment_config(w).get("classes")}
-        ),
+        spec=folds_spec,
         out=lambda w: f"{RESULTS}/{w.experiment}/folds",
     shell:
         "fewcells folds {input} --spec {params.spec:q} --out {params.out} 2> {log}"
-
 
 rule store:
     input:

@@ -7,6 +7,10 @@ ENSEMBLES = {name: entry for name, entry in COMPARISONS.items() if entry["ensemb
 BINARY = [e for e in CONFIG["run"] if is_binary(e)]
 MULTICLASS = [e for e in CONFIG["run"] if not is_binary(e)]
 MERGED = [e for e in CONFIG["run"] if CONFIG["experiments"][e]["evaluate"]["merged"]]
+# Experiments whose training sets a selection strategy other than random chose, and those
+# chosen by active learning (rounds: rule select_round).
+SELECTED = [e for e in CONFIG["experiments"] if selection_of(e) != "random"]
+UNCERTAIN = [e for e in CONFIG["experiments"] if selection_of(e) == "uncertain"]
 COMPARISON_FILES = ("comparison.csv", "wilcoxon.csv", "comparison.md", "comparison.png")
 ENSEMBLE_FILES = (
     "ensemble_predictions.csv",
@@ -152,6 +156,8 @@ def all_targets():
         targets.append(f"{DATASETS}/{dataset}/dedup/dedup_summary.json")
         targets += evaluation_targets(experiment)
         targets += explanation_targets(experiment)
+        if experiment in SELECTED:
+            targets.append(f"{RESULTS}/{experiment}/selection/class_mix.csv")
     for name in COMPARISONS:
         targets += [f"{RESULTS}/comparisons/{name}/{file}" for file in COMPARISON_FILES]
     for name in ENSEMBLES:
