@@ -55,7 +55,9 @@ def test_rounds_resume_and_strategies_compare(tmp_path):
     assert more == {"train": 3, "select_round": 2, "total": 5}
 
     targets = [f"results/{e}/selection/class_mix.csv" for e in ("tiny_diverse", "tiny_uncertain")]
-    targets.append("results/comparisons/tiny_strategies/wilcoxon.csv")
+    targets += [
+        f"results/comparisons/tiny_strategies/{f}" for f in ("wilcoxon.csv", "strategies.csv")
+    ]
     _snakemake(tmp_path, config, "--cores", "1", *targets)
     picks = pd.read_csv(tmp_path / uncertain / "selection" / "selection.csv")
     assert list(picks.columns) == ["fold", "round", "image_id", "score", "reason"]
@@ -70,6 +72,9 @@ def test_rounds_resume_and_strategies_compare(tmp_path):
     mix = pd.read_csv(tmp_path / "results/tiny_diverse/selection/class_mix.csv")
     mix = mix[mix["fold"] == 0]  # the diverse order is written for every fold
     assert mix.groupby("size")["n_images"].sum().to_dict() == {6: 6, 9: 9, 12: 12}
+    reach = pd.read_csv(tmp_path / "results/comparisons/tiny_strategies/strategies.csv")
+    assert reach["experiment"].tolist() == ["tiny_random", "tiny_diverse", "tiny_uncertain"]
+    assert (reach["reference"] == "tiny_random").all() and (reach["n_folds"] == 1).all()
     # The same test images in every strategy, so compare pairs them.
     test_sets = [
         set(pd.read_csv(tmp_path / f"results/{e}/folds/folds.csv").query("role == 'test'").image_id)

@@ -11,6 +11,15 @@ MERGED = [e for e in CONFIG["run"] if CONFIG["experiments"][e]["evaluate"]["merg
 # chosen by active learning (rounds: rule select_round).
 SELECTED = [e for e in CONFIG["experiments"] if selection_of(e) != "random"]
 UNCERTAIN = [e for e in CONFIG["experiments"] if selection_of(e) == "uncertain"]
+# Comparisons of selection strategies (their experiments' folds.selection differ, one is
+# random): name -> the first random experiment, whose plateau the others are measured by.
+STRATEGY_COMPARISONS = {
+    name: next(e for e in entry["experiments"] if selection_of(e) == "random")
+    for name, entry in COMPARISONS.items()
+    if len({selection_of(e) for e in entry["experiments"]}) > 1
+    and any(selection_of(e) == "random" for e in entry["experiments"])
+}
+STRATEGY_FILES = ("strategies.csv", "strategies.png")
 COMPARISON_FILES = ("comparison.csv", "wilcoxon.csv", "comparison.md", "comparison.png")
 ENSEMBLE_FILES = (
     "ensemble_predictions.csv",
@@ -162,6 +171,8 @@ def all_targets():
         targets += [f"{RESULTS}/comparisons/{name}/{file}" for file in COMPARISON_FILES]
     for name in ENSEMBLES:
         targets += [f"{RESULTS}/comparisons/{name}/{file}" for file in ENSEMBLE_FILES]
+    for name in STRATEGY_COMPARISONS:
+        targets += [f"{RESULTS}/comparisons/{name}/{file}" for file in STRATEGY_FILES]
     for experiment in CONFIG["run"]:
         if CONFIG["experiments"][experiment]["folds"]["set_aside"]:
             targets.append(f"{RESULTS}/{experiment}/set_aside/set_aside.csv")

@@ -331,6 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the comparison outputs")
     p.set_defaults(func=commands.cmd_compare)
 
+    p = sub.add_parser("compare-strategies", help="learning curves and images to 95% of plateau")
+    p.add_argument("metrics", type=Path, nargs="+", help="each experiment's metrics.csv")
+    p.add_argument("--names", nargs="+", required=True, help="experiment names, same order")
+    p.add_argument("--metric", required=True, help="metrics.csv column, e.g. roc_auc")
+    p.add_argument("--reference", required=True, help="the experiment whose plateau is used")
+    p.add_argument("--title", default="", help="comparison name shown in the figure")
+    p.add_argument("--dpi", type=int, default=150, help="figure resolution")
+    p.add_argument("--out", type=Path, required=True, help="folder for strategies.csv, .png")
+    p.set_defaults(func=selection_commands.cmd_compare_strategies)
+
     p = sub.add_parser("ensemble", help="soft-voting ensemble of experiments on identical folds")
     p.add_argument(
         "--member",

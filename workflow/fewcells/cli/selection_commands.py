@@ -119,3 +119,20 @@ def cmd_selection_summary(args) -> None:
     write_csv(mix, args.out / "class_mix.csv")
     wide = mix.groupby(["size", "class_name"])["n_images"].mean().unstack(fill_value=0)
     print(f"selection: mean images per class and size\n{wide.round(1)}", file=sys.stderr)
+
+
+def cmd_compare_strategies(args) -> None:
+    """OUT/strategies.csv and OUT/strategies.png (fewcells.analysis.strategies)."""
+    from fewcells.analysis.strategies import compare_strategies
+
+    reach = compare_strategies(
+        args.metrics,
+        args.names,
+        args.metric,
+        args.reference,
+        args.out,
+        title=args.title,
+        dpi=args.dpi,
+    )
+    print(f"images to reach 95% of {args.reference}'s plateau:", file=sys.stderr)
+    print(reach[["experiment", "n_to_reach", "mean_at_n"]].to_string(index=False), file=sys.stderr)
