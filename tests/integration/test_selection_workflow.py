@@ -84,3 +84,17 @@ def test_rounds_resume_and_strategies_compare(tmp_path):
     # Nothing left to do, and the selection benchmark is written beside the training's.
     assert _planned(tmp_path, config, *targets) == {}
     assert (tmp_path / "results/benchmarks/tiny_uncertain/selection/fold0_n12.tsv").is_file()
+
+
+def test_diverse_folds_job_declares_its_picks(tmp_path):
+    """folds/selection.csv is an output of the diverse experiment's folds job (folds_diverse);
+    the random experiment's folds job keeps its two outputs (no selection.csv to make)."""
+    config = yaml.safe_load(CONFIG.read_text())
+    planned = _planned(tmp_path, config, "results/tiny_diverse/folds/selection.csv")
+    assert planned["folds_diverse"] == 1 and "folds" not in planned
+    assert _planned(tmp_path, config, "results/tiny_random/folds/folds.csv")["folds"] == 1
+    path = tmp_path / "config.yaml"
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n"]
+    command += ["results/tiny_random/folds/selection.csv", "--configfile", str(path)]
+    result = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True)
+    assert result.returncode != 0 and "MissingRuleException" in result.stdout + result.stderr

@@ -6,6 +6,8 @@ rule folds:
         classes=f"{RESULTS}/{{experiment}}/folds/classes.json",
     log:
         f"{LOGS}/{{experiment}}/folds.log",
+    wildcard_constraints:
+        experiment=one_of(NOT_DIVERSE),
     conda:
         "../../envs/fewcells.yaml"
     params:
@@ -13,6 +15,18 @@ rule folds:
         out=lambda w: f"{RESULTS}/{w.experiment}/folds",
     shell:
         "fewcells folds {input} --spec {params.spec:q} --out {params.out} 2> {log}"
+
+
+# A diverse order also writes the picks (folds/selection.csv); the other strategies' folds
+# jobs keep their outputs, so their finished results stay current.
+use rule folds as folds_diverse with:
+    output:
+        folds=f"{RESULTS}/{{experiment}}/folds/folds.csv",
+        classes=f"{RESULTS}/{{experiment}}/folds/classes.json",
+        selection=f"{RESULTS}/{{experiment}}/folds/selection.csv",
+    wildcard_constraints:
+        experiment=one_of(DIVERSE),
+
 
 rule store:
     input:

@@ -81,6 +81,13 @@ def select_round_arguments(wildcards):
     )
 
 
+def selection_summary_picks(wildcards):
+    """The diverse order's picks (written by rule folds_diverse); none for uncertain."""
+    if selection_of(wildcards.experiment) != "diverse":
+        return []
+    return f"{RESULTS}/{wildcards.experiment}/folds/selection.csv"
+
+
 def selection_summary_rounds(wildcards):
     """The round folders (selection.csv) of an uncertain experiment; none for diverse."""
     experiment = wildcards.experiment

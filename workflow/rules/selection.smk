@@ -29,6 +29,7 @@ rule selection_summary:
     input:
         folds=f"{RESULTS}/{{experiment}}/folds/folds.csv",
         rounds=selection_summary_rounds,
+        picks=selection_summary_picks,
     output:
         selection=f"{RESULTS}/{{experiment}}/selection/selection.csv",
         class_mix=f"{RESULTS}/{{experiment}}/selection/class_mix.csv",

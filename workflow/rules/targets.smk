@@ -11,6 +11,9 @@ MERGED = [e for e in CONFIG["run"] if CONFIG["experiments"][e]["evaluate"]["merg
 # chosen by active learning (rounds: rule select_round).
 SELECTED = [e for e in CONFIG["experiments"] if selection_of(e) != "random"]
 UNCERTAIN = [e for e in CONFIG["experiments"] if selection_of(e) == "uncertain"]
+# The folds job of a diverse experiment also writes folds/selection.csv (rule folds_diverse).
+DIVERSE = [e for e in CONFIG["experiments"] if selection_of(e) == "diverse"]
+NOT_DIVERSE = [e for e in CONFIG["experiments"] if selection_of(e) != "diverse"]
 # Comparisons of selection strategies (their experiments' folds.selection differ, one is
 # random): name -> the first random experiment, whose plateau the others are measured by.
 STRATEGY_COMPARISONS = {
