@@ -148,3 +148,38 @@ def test_image_features_are_label_free_statistics():
     features = image_features(images)
     assert features.shape == (5, 3 * 7)
     assert np.allclose(standardise(features).mean(axis=0), 0)
+
+
+def test_uncertain_with_diversity_spreads_the_step_over_the_shortlist():
+    from fewcells.data.active import shortlist_size
+
+    assert [shortlist_size(3, 50, d) for d in (0.0, 0.5, 0.75)] == [3, 6, 12]
+    assert shortlist_size(3, 4, 0.5) == 4
+    with pytest.raises(FewcellsError):
+        shortlist_size(3, 50, 1.0)
+    folds = _pool_folds()
+    rows, start = first_round(folds, 0, 10)
+    pool = rows[rows["role"] == "pool"].sort_values("rank")
+    candidates = pool["image_id"].iloc[10:].tolist()
+    ranking = most_uncertain(uncertainty(_fake_network(candidates)), len(candidates))
+    top = [candidates[i] for i in ranking[:4]]
+    rng = np.random.default_rng(0)
+    # the two most uncertain are duplicates far out; the 3rd and 4th elsewhere; the rest
+    # (selected images included) near the origin
+    place = {top[0]: [12, 12], top[1]: [12, 12], top[2]: [-10, 10], top[3]: [0, -10]}
+    table = {i: np.array(place.get(i, rng.normal(scale=0.1, size=2))) for i in pool["image_id"]}
+
+    def features(ids):
+        return np.array([table[i] for i in ids], dtype=float)
+
+    args = dict(probabilities=_fake_network, score="entropy")
+    _, plain = next_round(rows, 10, 12, 1, **args)
+    assert plain["image_id"].tolist() == top[:2]
+    _, mixed = next_round(rows, 10, 12, 1, diversity=0.5, features=features, **args)
+    assert mixed["image_id"].tolist() == [top[0], top[2]]
+    assert mixed["reason"].str.endswith("spread out").all()
+    permuted = _permute_unselected(rows, start["image_id"], seed=4)
+    _, again = next_round(permuted, 10, 12, 1, diversity=0.5, features=features, **args)
+    assert again.equals(mixed)
+    with pytest.raises(FewcellsError, match="features"):
+        next_round(rows, 10, 12, 1, diversity=0.5, **args)

@@ -71,6 +71,7 @@ def cmd_select_round(args) -> None:
         previous = read_table(args.previous / "folds.csv", FOLD_COLUMNS)
         earlier = read_table(args.previous / "selection.csv", SELECTION_COLUMNS)
         probabilities = network_probabilities(args.network, args.store)
+        diversity = spec.get("diversity", 0.0)
         rows, new = next_round(
             previous,
             args.previous_size,
@@ -79,6 +80,8 @@ def cmd_select_round(args) -> None:
             probabilities,
             score=spec["score"],
             balanced=spec["balanced"],
+            diversity=diversity,
+            features=store_features(args.store) if diversity else None,
         )
         table = pd.concat([earlier, new], ignore_index=True)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ Only the labels of selected images are read (balanced mode counts them).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fewcells.data.selection import SELECTION_COLUMNS, most_uncertain, reorder_pool, uncertainty
+from fewcells.data.selection import (
+    SELECTION_COLUMNS,
+    k_center,
+    most_uncertain,
+    reorder_pool,
+    uncertainty,
+)
 from fewcells.errors import FewcellsError
 
 PREDICT_BATCH = 64
@@ -52,10 +59,16 @@ def next_round(
     probabilities: Callable[[list[str]], np.ndarray],
     score: str = "entropy",
     balanced: bool = False,
+    diversity: float = 0.0,
+    features: Callable[[list[str]], np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(fold rows, new selection rows) of round `round_`: the previous round's set plus the
     `size - previous_size` unselected pool images with the highest uncertainty under
-    `probabilities(image ids)` (the previous round's network)."""
+    `probabilities(image ids)` (the previous round's network).
+
+    With diversity d in (0, 1), the step is taken from the step / (1 - d) most uncertain
+    (d = 0.5: twice the step) by k-center on `features(image ids)`, continuing from the
+    selected images: the shortlisted images farthest from the selected and from each other."""
     if size <= previous_size:
         raise FewcellsError(f"selection: round {round_} size {size} is not above {previous_size}")
     pool = previous[previous["role"] == "pool"].sort_values("rank")
@@ -69,7 +82,12 @@ def next_round(
     if balanced:
         guesses = probs.argmax(axis=1)
         counts = selected["target"].value_counts().to_dict()  # labels of selected images only
-    picks = most_uncertain(scores, size - previous_size, guesses, counts, probs.shape[1])
+    step = size - previous_size
+    picks = most_uncertain(
+        scores, shortlist_size(step, len(candidates), diversity), guesses, counts, probs.shape[1]
+    )
+    if len(picks) > step:
+        picks = spread_out(picks, step, list(selected["image_id"]), candidates, features)
     new = [candidates[i] for i in picks]
     rows = reorder_pool(previous, [*selected["image_id"], *new])
     table = pd.DataFrame(
@@ -78,10 +96,34 @@ def next_round(
             "round": round_,
             "image_id": new,
             "score": scores[picks],
-            "reason": f"most uncertain ({score})",
+            "reason": f"most uncertain ({score})" + (", spread out" if diversity else ""),
         }
     )
     return rows, table[SELECTION_COLUMNS]
+
+
+def shortlist_size(step: int, n_candidates: int, diversity: float) -> int:
+    """How many of the most uncertain candidates a step of `step` picks from: step / (1 - d),
+    rounded up, at most every candidate."""
+    if not 0.0 <= diversity < 1.0:
+        raise FewcellsError(f"selection.diversity must lie in [0, 1), not {diversity}")
+    return min(n_candidates, math.ceil(step / (1.0 - diversity) - 1e-9))
+
+
+def spread_out(
+    shortlist: np.ndarray,
+    step: int,
+    selected: list[str],
+    candidates: list[str],
+    features: Callable[[list[str]], np.ndarray] | None,
+) -> np.ndarray:
+    """The `step` positions of `shortlist` (into candidates) that k-center takes first,
+    starting from the selected images (features of selected + shortlisted, label-free)."""
+    if features is None:
+        raise FewcellsError("selection.diversity needs image features")
+    ids = [*selected, *(candidates[i] for i in shortlist)]
+    order, _ = k_center(features(ids), n=len(selected) + step, first=range(len(selected)))
+    return np.asarray([shortlist[i - len(selected)] for i in order[len(selected) :]], dtype=int)
 
 
 def network_probabilities(

@@ -258,6 +258,11 @@ def check_selection(key: str, experiment: dict) -> None:
     per (size, fold), as a round needs the previous round's network."""
     strategy = experiment["folds"]["selection"]["strategy"]
     engine = experiment["train"]["engine"]
+    if experiment["folds"]["selection"].get("diversity", 0) and strategy != "uncertain":
+        raise FewcellsError(
+            f"config key {key}.folds.selection: diversity mixes k-center into uncertain; "
+            f"{strategy} takes none"
+        )
     if strategy == "uncertain" and engine != "per_fold":
         raise FewcellsError(
             f"config key {key}.folds.selection: uncertain needs train.engine per_fold (each "
