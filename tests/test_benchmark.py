@@ -127,6 +127,11 @@ def test_repeated_training_benchmark_reports_medians_of_alternating_runs(monkeyp
     monkeypatch.setattr(training, "write_synthetic_experiment", lambda root: None)
     monkeypatch.setattr(training, "plain_loop", fake_plain)
     monkeypatch.setattr(training, "workflow_path", fake_workflow)
+    monkeypatch.setattr(
+        training,
+        "selection_cost",
+        lambda root, train_dir: {"n_pool": 200, "diverse_seconds": 0.5, "uncertain_seconds": 2.0},
+    )
     result = benchmark.benchmark_training(cores=2, model_name="resnet18", repeats=3)
     assert calls == ["plain", "workflow"] * 3
     assert result["plain_loop_image_steps_per_s"] == 200.0
@@ -134,8 +139,32 @@ def test_repeated_training_benchmark_reports_medians_of_alternating_runs(monkeyp
     assert result["speedup"] == 1.65
     printed = capsys.readouterr().out
     assert "median of 3: 100.0-300.0" in printed and "first blocks: pytorch" in printed
+    assert result["selection_uncertain_round_s"] == 2.0 and result["training_job_fit_s"] == 1.0
+    assert "pool of 200 images: diverse (features + k-center) 0.50 s" in printed
+    assert "uncertain round (load the n = 100 network, score the pool) 2.00 s" in printed
 
 
 def test_training_benchmark_needs_one_repeat():
     with pytest.raises(FewcellsError, match="--repeats"):
         benchmark.benchmark_training(repeats=0)
+
+
+def test_selection_cost_scores_the_pool_with_a_trained_network(synthetic):
+    from fewcells.benchmark.selection import selection_cost
+
+    train_dir = synthetic / "train_selection" / "n4" / "fold0"
+    run_training(
+        synthetic / "store",
+        synthetic / "folds" / "folds.csv",
+        synthetic / "folds" / "classes.json",
+        0,
+        4,
+        {"max_epochs": 1, "patience": 1},
+        {"name": "paper_cnn"},
+        train_dir,
+        image_size=190,
+    )
+    cost = selection_cost(synthetic, train_dir)
+    folds = pd.read_csv(synthetic / "folds" / "folds.csv")
+    assert cost["n_pool"] == len(folds.query("fold == 0 and role == 'pool'")) > 0
+    assert cost["diverse_seconds"] > 0 and cost["uncertain_seconds"] > 0

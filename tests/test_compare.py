@@ -184,3 +184,64 @@ def test_ensemble_of_experiments_on_different_folds_is_rejected(change, message)
     with pytest.raises(FewcellsError, match=r"config key compare\[0\]") as error:
         validate_config(config)
     assert message in str(error.value)
+
+
+def _curve_table(path: Path, tau: float, plateau: float = 0.9, folds: int = 4) -> Path:
+    """Per-fold scores on plateau - (plateau - 0.5) exp(-n / tau), folds offset by ±0.01
+    and ±0.02 (mean offset 0), sizes 10..100."""
+    offsets = [-0.02, -0.01, 0.01, 0.02][:folds]
+    rows = [
+        (n, fold, plateau - (plateau - 0.5) * math.exp(-n / tau) + offset)
+        for n in range(10, 101, 10)
+        for fold, offset in enumerate(offsets)
+    ]
+    return _metrics(path, rows)
+
+
+def test_strategies_images_to_reach_95_percent_of_random_plateau(tmp_path):
+    from fewcells.analysis.strategies import compare_strategies
+
+    random_ = _curve_table(tmp_path / "random.csv", tau=15)  # mean 0.872 at n = 40
+    diverse = _curve_table(tmp_path / "diverse.csv", tau=8)  # 0.867 at n = 20
+    flat = _metrics(
+        tmp_path / "flat.csv", [(n, f, 0.7) for n in range(10, 101, 10) for f in range(4)]
+    )
+    reach = compare_strategies(
+        [diverse, random_, flat],
+        ["diverse", "random", "flat"],
+        "roc_auc",
+        "random",
+        tmp_path / "out",
+        n_boot=20,
+    ).set_index("experiment")
+    assert reach.loc["random", "plateau"] == pytest.approx(0.9, abs=1e-3)
+    assert reach.loc["random", "target"] == pytest.approx(0.855, abs=1e-3)
+    assert reach.loc["random", "n_to_reach"] == 40
+    assert reach.loc["diverse", "n_to_reach"] == 20
+    assert reach.loc["diverse", "mean_at_n"] == pytest.approx(0.9 - 0.4 * math.exp(-2.5))
+    assert pd.isna(reach.loc["flat", "n_to_reach"])
+    assert (reach["reference"] == "random").all() and (reach["n_folds"] == 4).all()
+    low, high = reach.loc["random", ["plateau_ci_low", "plateau_ci_high"]]
+    assert low <= 0.9 + 1e-3 and high >= 0.9 - 1e-3
+    written = pd.read_csv(tmp_path / "out/strategies.csv")
+    assert written["experiment"].tolist() == ["diverse", "random", "flat"]
+    assert (tmp_path / "out/strategies.png").stat().st_size > 0
+
+
+def test_strategies_band_is_the_t_interval_over_folds(two_tables):
+    from fewcells.analysis.strategies import fold_band
+
+    band = fold_band(common_pairs(read_metrics(two_tables, ["a", "b"], "roc_auc")))
+    row = band[(band["experiment"] == "a") & (band["size"] == 10)].iloc[0]
+    values = A_SCORES[10]
+    half = stats.t.ppf(0.975, 4) * np.std(values, ddof=1) / math.sqrt(5)
+    assert row["n_folds"] == 5
+    assert row["ci_low"] == pytest.approx(np.mean(values) - half)
+    assert row["ci_high"] == pytest.approx(np.mean(values) + half)
+
+
+def test_strategies_reference_must_be_compared(two_tables, tmp_path):
+    from fewcells.analysis.strategies import compare_strategies
+
+    with pytest.raises(FewcellsError, match="reference"):
+        compare_strategies(two_tables, ["a", "b"], "roc_auc", "random", tmp_path)

@@ -10,6 +10,7 @@ import jsonschema
 import yaml
 
 from fewcells.contracts import SCORES
+from fewcells.data.selection import check_selection
 from fewcells.errors import FewcellsError
 from fewcells.plan import common_sizes_and_folds, experiment_task, fold_ids
 
@@ -132,6 +133,7 @@ def validate_config(config: dict) -> dict:
         if experiment["train"]["engine"] in STACKED_ENGINES:
             _check_stacked(key, experiment)
         _check_merged(key, experiment)
+        check_selection(key, experiment)
         dataset = config["datasets"][experiment["dataset"]]
         if dataset["kind"] == "demo":
             _check_demo_sizes(key, experiment, dataset)
@@ -219,7 +221,7 @@ def _check_transfer(config: dict) -> None:
                 )
 
 
-FOLD_KEYS_THAT_MAY_DIFFER = ("sizes", "run_folds")
+FOLD_KEYS_THAT_MAY_DIFFER = ("sizes", "run_folds", "selection")
 
 
 def check_merged_groups(groups: dict, class_names: list[str], key: str) -> None:
@@ -285,7 +287,7 @@ def _check_compare(config: dict) -> None:
                 ("classes", lambda e: e.get("classes")),
                 ("dataset", lambda e: e["dataset"]),
                 (
-                    "folds (other than sizes/run_folds)",
+                    "folds (other than sizes/run_folds/selection)",
                     lambda e: {
                         k: v for k, v in e["folds"].items() if k not in FOLD_KEYS_THAT_MAY_DIFFER
                     },

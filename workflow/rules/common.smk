@@ -179,6 +179,11 @@ def train_engine(experiment):
     return CONFIG["experiments"][experiment]["train"]["engine"]
 
 
+def selection_of(experiment):
+    """folds.selection.strategy of EXPERIMENT: random, diverse or uncertain."""
+    return CONFIG["experiments"][experiment]["folds"]["selection"]["strategy"]
+
+
 def is_binary(experiment):
     return experiment_task(CONFIG["experiments"][experiment]) == "binary"
 

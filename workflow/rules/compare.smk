@@ -59,3 +59,37 @@ rule ensemble:
     shell:
         "fewcells ensemble {params.members} --classes {input.classes} --metric {params.metric}"
         " --title {wildcards.comparison} --dpi {params.dpi} --out {params.out} 2> {log}"
+
+
+rule compare_strategies:
+    input:
+        metrics=compare_inputs,
+    output:
+        table=report_output(
+            "comparison",
+            "strategies.csv",
+            "strategies",
+            figure="images to 95% plateau",
+        ),
+        figure=report_output(
+            "comparison", "strategies.png", "strategies", figure="strategy curves"
+        ),
+    log:
+        f"{LOGS}/comparisons/{{comparison}}_strategies.log",
+    wildcard_constraints:
+        comparison=one_of(STRATEGY_COMPARISONS),
+    localrule: True
+    conda:
+        "../../envs/fewcells.yaml"
+    params:
+        names=lambda w: COMPARISONS[w.comparison]["experiments"],
+        reference=lambda w: STRATEGY_COMPARISONS[w.comparison],
+        metric=lambda w: compare_metric(CONFIG, COMPARISONS[w.comparison]),
+        dpi=lambda w: CONFIG["experiments"][
+            COMPARISONS[w.comparison]["experiments"][0]
+        ]["plots"]["dpi"],
+        out=lambda w: f"{RESULTS}/comparisons/{w.comparison}",
+    shell:
+        "fewcells compare-strategies {input.metrics} --names {params.names}"
+        " --metric {params.metric} --reference {params.reference}"
+        " --title {wildcards.comparison} --dpi {params.dpi} --out {params.out} 2> {log}"

@@ -1,26 +1,31 @@
 rule folds:
     input:
-        kept_csv,
+        unpack(folds_inputs),
     output:
         folds=f"{RESULTS}/{{experiment}}/folds/folds.csv",
         classes=f"{RESULTS}/{{experiment}}/folds/classes.json",
     log:
         f"{LOGS}/{{experiment}}/folds.log",
+    wildcard_constraints:
+        experiment=one_of(NOT_DIVERSE),
     conda:
         "../../envs/fewcells.yaml"
     params:
-        spec=lambda w: as_json(
-            {
-                k: v
-                for k, v in experiment_config(w)["folds"].items()
-                if k not in ("sizes", "run_folds")
-                and not (k == "set_aside" and v is None)
-            }
-            | {"classes": experiment_config(w).get("classes")}
-        ),
+        spec=folds_spec,
         out=lambda w: f"{RESULTS}/{w.experiment}/folds",
     shell:
         "fewcells folds {input} --spec {params.spec:q} --out {params.out} 2> {log}"
+
+
+# A diverse order also writes the picks (folds/selection.csv); the other strategies' folds
+# jobs keep their outputs, so their finished results stay current.
+use rule folds as folds_diverse with:
+    output:
+        folds=f"{RESULTS}/{{experiment}}/folds/folds.csv",
+        classes=f"{RESULTS}/{{experiment}}/folds/classes.json",
+        selection=f"{RESULTS}/{{experiment}}/folds/selection.csv",
+    wildcard_constraints:
+        experiment=one_of(DIVERSE),
 
 
 rule store:

@@ -6,6 +6,101 @@ def kept_csv(wildcards):
     return f"{DATASETS}/{dataset_of(wildcards)}/dedup/kept.csv"
 
 
+def folds_inputs(wildcards):
+    """kept.csv; a diverse selection also reads the stored images (its features)."""
+    inputs = {"kept": kept_csv(wildcards)}
+    if selection_of(wildcards.experiment) == "diverse":
+        store = f"{RESULTS}/{wildcards.experiment}/store"
+        inputs |= {"images": f"{store}/images.npy", "index": f"{store}/index.csv"}
+    return inputs
+
+
+def folds_spec(wildcards):
+    """The folds job's --spec: the folds section without sizes and run_folds (and without the
+    defaults set_aside null and selection random, so that older results stay current).
+    """
+    folds = experiment_config(wildcards)["folds"]
+    spec = {
+        k: v
+        for k, v in folds.items()
+        if k not in ("sizes", "run_folds")
+        and not (k == "set_aside" and v is None)
+        and not (k == "selection" and v["strategy"] == "random")
+    }
+    return as_json(spec | {"classes": experiment_config(wildcards).get("classes")})
+
+
+def training_folds(wildcards):
+    """The folder whose folds.csv and classes.json a training reads: the experiment's folds,
+    or (selection uncertain) its fold's round of that size."""
+    if selection_of(wildcards.experiment) != "uncertain":
+        return f"{RESULTS}/{wildcards.experiment}/folds"
+    fold = parse_run_name(wildcards.run)[0]
+    return f"{RESULTS}/{wildcards.experiment}/selection/fold{fold}/n{wildcards.size}"
+
+
+def round_of(wildcards):
+    """(round, previous size or None) of an uncertain experiment's size wildcard."""
+    sizes = sorted(experiment_config(wildcards)["folds"]["sizes"])
+    size = int(wildcards.size)
+    if size not in sizes:
+        raise WorkflowError(
+            f"{wildcards.experiment}: {size} is not one of folds.sizes {sizes}"
+        )
+    position = sizes.index(size)
+    return position, sizes[position - 1] if position else None
+
+
+def select_round_inputs(wildcards):
+    """Round 0: the experiment's folds; round r: round r - 1 and the network trained on it."""
+    root = f"{RESULTS}/{wildcards.experiment}"
+    inputs = {
+        "folds": f"{root}/folds/folds.csv",
+        "classes": f"{root}/folds/classes.json",
+    }
+    position, previous = round_of(wildcards)
+    if position:
+        inputs["previous"] = (
+            f"{root}/selection/fold{wildcards.fold}/n{previous}/folds.csv"
+        )
+        inputs["network"] = f"{root}/train/n{previous}/fold{wildcards.fold}/model.ckpt"
+        inputs["images"] = f"{root}/store/images.npy"
+    return inputs
+
+
+def select_round_arguments(wildcards):
+    """--round, and for a later round --previous, --previous-size and --network."""
+    root = f"{RESULTS}/{wildcards.experiment}"
+    position, previous = round_of(wildcards)
+    if not position:
+        return "--round 0"
+    return (
+        f"--round {position} --previous-size {previous}"
+        f" --previous {root}/selection/fold{wildcards.fold}/n{previous}"
+        f" --network {root}/train/n{previous}/fold{wildcards.fold}"
+    )
+
+
+def selection_summary_picks(wildcards):
+    """The diverse order's picks (written by rule folds_diverse); none for uncertain."""
+    if selection_of(wildcards.experiment) != "diverse":
+        return []
+    return f"{RESULTS}/{wildcards.experiment}/folds/selection.csv"
+
+
+def selection_summary_rounds(wildcards):
+    """The round folders (selection.csv) of an uncertain experiment; none for diverse."""
+    experiment = wildcards.experiment
+    if selection_of(experiment) != "uncertain":
+        return []
+    cfg = CONFIG["experiments"][experiment]
+    return [
+        f"{RESULTS}/{experiment}/selection/fold{fold}/n{size}/selection.csv"
+        for fold in fold_ids(cfg)
+        for size in cfg["folds"]["sizes"]
+    ]
+
+
 def job_priority(experiment):
     """Per-size jobs: the largest sizes first, so that a sweep ends on short jobs."""
     if train_engine(experiment) == "stacked_sweep":

@@ -7,6 +7,22 @@ ENSEMBLES = {name: entry for name, entry in COMPARISONS.items() if entry["ensemb
 BINARY = [e for e in CONFIG["run"] if is_binary(e)]
 MULTICLASS = [e for e in CONFIG["run"] if not is_binary(e)]
 MERGED = [e for e in CONFIG["run"] if CONFIG["experiments"][e]["evaluate"]["merged"]]
+# Experiments whose training sets a selection strategy other than random chose, and those
+# chosen by active learning (rounds: rule select_round).
+SELECTED = [e for e in CONFIG["experiments"] if selection_of(e) != "random"]
+UNCERTAIN = [e for e in CONFIG["experiments"] if selection_of(e) == "uncertain"]
+# The folds job of a diverse experiment also writes folds/selection.csv (rule folds_diverse).
+DIVERSE = [e for e in CONFIG["experiments"] if selection_of(e) == "diverse"]
+NOT_DIVERSE = [e for e in CONFIG["experiments"] if selection_of(e) != "diverse"]
+# Comparisons of selection strategies (their experiments' folds.selection differ, one is
+# random): name -> the first random experiment, whose plateau the others are measured by.
+STRATEGY_COMPARISONS = {
+    name: next(e for e in entry["experiments"] if selection_of(e) == "random")
+    for name, entry in COMPARISONS.items()
+    if len({selection_of(e) for e in entry["experiments"]}) > 1
+    and any(selection_of(e) == "random" for e in entry["experiments"])
+}
+STRATEGY_FILES = ("strategies.csv", "strategies.png")
 COMPARISON_FILES = ("comparison.csv", "wilcoxon.csv", "comparison.md", "comparison.png")
 ENSEMBLE_FILES = (
     "ensemble_predictions.csv",
@@ -152,10 +168,14 @@ def all_targets():
         targets.append(f"{DATASETS}/{dataset}/dedup/dedup_summary.json")
         targets += evaluation_targets(experiment)
         targets += explanation_targets(experiment)
+        if experiment in SELECTED:
+            targets.append(f"{RESULTS}/{experiment}/selection/class_mix.csv")
     for name in COMPARISONS:
         targets += [f"{RESULTS}/comparisons/{name}/{file}" for file in COMPARISON_FILES]
     for name in ENSEMBLES:
         targets += [f"{RESULTS}/comparisons/{name}/{file}" for file in ENSEMBLE_FILES]
+    for name in STRATEGY_COMPARISONS:
+        targets += [f"{RESULTS}/comparisons/{name}/{file}" for file in STRATEGY_FILES]
     for experiment in CONFIG["run"]:
         if CONFIG["experiments"][experiment]["folds"]["set_aside"]:
             targets.append(f"{RESULTS}/{experiment}/set_aside/set_aside.csv")

@@ -2,8 +2,8 @@ rule train:
     input:
         images=f"{RESULTS}/{{experiment}}/store/images.npy",
         index=f"{RESULTS}/{{experiment}}/store/index.csv",
-        folds=f"{RESULTS}/{{experiment}}/folds/folds.csv",
-        classes=f"{RESULTS}/{{experiment}}/folds/classes.json",
+        folds=lambda w: f"{training_folds(w)}/folds.csv",
+        classes=lambda w: f"{training_folds(w)}/classes.json",
         code=TRAINING_CODE,
         weights=lambda w: model_job_config(experiment_config(w), PRETRAINED)["weights"]
         or [],
@@ -35,7 +35,7 @@ rule train:
         model=lambda w: as_json(model_job_config(experiment_config(w), PRETRAINED)),
         image_size=lambda w: experiment_config(w)["image"]["size"],
         store=lambda w: f"{RESULTS}/{w.experiment}/store",
-        folds=lambda w: f"{RESULTS}/{w.experiment}/folds",
+        folds=training_folds,
         out=lambda w: f"{RESULTS}/{w.experiment}/train/n{w.size}/{w.run}",
         fold=lambda w: parse_run_name(w.run)[0],
         replicate=lambda w: parse_run_name(w.run)[1],

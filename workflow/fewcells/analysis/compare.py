@@ -121,7 +121,7 @@ def wilcoxon_table(scores: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=WILCOXON_COLUMNS)
 
 
-def _sizes_axis(ax, sizes: Sequence[int]) -> None:
+def sizes_axis(ax, sizes: Sequence[int]) -> None:
     ax.set_xscale("log")
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.minorticks_off()
@@ -166,7 +166,7 @@ def comparison_figure(
             label=(labels or {}).get(experiment, experiment),
             zorder=3 if experiment == emphasis else 2,
         )
-    _sizes_axis(ax, sizes)
+    sizes_axis(ax, sizes)
     counts = scores.dropna(subset=["score"]).groupby(["size", "experiment"])["score"].count()
     low, high = int(counts.min()), int(counts.max())
     folds = f"{high} folds" if low == high else f"{low}–{high} folds"

@@ -6,6 +6,10 @@
   `snakemake --cores N` schedules training jobs), next to a plain single-process PyTorch
   loop (channels-last, data in memory, all cores) measured in the same run; both count
   training images per second of fit time, validation included.
+  It also times the selection strategies' own cost on one fold's pool
+  (fewcells.benchmark.selection): diverse (colour/texture features + k-center) and one
+  uncertain round (loading the trained network, scoring the pool), next to one training
+  job's fit time.
 - `workflow`: wall time and peak memory of `snakemake --cores N` on a config (the demo by
   default) in a fresh temporary folder.
 - `dedup`: hashing and confirming a folder of N generated images (with planted copies),

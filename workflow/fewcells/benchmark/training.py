@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from fewcells.benchmark.selection import selection_cost
 from fewcells.data.folds import assign_folds, training_set
 from fewcells.errors import FewcellsError
 from fewcells.training.augment import BatchAugment
@@ -250,7 +251,7 @@ def benchmark_training(
     if repeats < 1:
         raise FewcellsError(f"benchmark training: --repeats must be at least 1, not {repeats}")
     cores = cores or os.cpu_count() or 1
-    plain_rates, workflow_rates, peaks, kernels = [], [], [], set()
+    plain_rates, workflow_rates, peaks, kernels, fits = [], [], [], set(), []
     with tempfile.TemporaryDirectory(prefix="fewcells-bench-") as tmp:
         root = Path(tmp)
         write_synthetic_experiment(root)
@@ -263,6 +264,8 @@ def benchmark_training(
             workflow_rates.append(workflow["image_steps"] / workflow["seconds"])
             peaks.append(workflow["peak_rss_mb"])
             kernels.add(workflow["cpu_kernel"])
+            fits.append(workflow["seconds"])
+        selection = selection_cost(root, root / "train" / f"n{size}" / "fold0")
         stacked = (
             stacked_path(root, sizes=[size], epochs=epochs, threads=cores)
             if model_name == "paper_cnn"
@@ -282,6 +285,10 @@ def benchmark_training(
         "speedup": round(workflow_rate / plain_rate, 2),
         "training_job_peak_rss_mb": round(max(peaks)),
         "workflow_cpu_kernel": ", ".join(sorted(kernels)),
+        "selection_pool_images": selection["n_pool"],
+        "selection_diverse_s": round(selection["diverse_seconds"], 3),
+        "selection_uncertain_round_s": round(selection["uncertain_seconds"], 3),
+        "training_job_fit_s": round(float(np.median(fits)), 3),
     }
 
     print(
@@ -292,7 +299,11 @@ def benchmark_training(
         f"  workflow path, {cores} jobs x 1 thread:          {workflow_rate:8.1f} image-steps/s"
         f"{_range_note(workflow_rates)}; first blocks: {result['workflow_cpu_kernel']}\n"
         f"  ratio workflow / plain: {result['speedup']:.2f}x; peak memory of one training job: "
-        f"{max(peaks):.0f} MB"
+        f"{max(peaks):.0f} MB\n"
+        f"  selection, one fold's pool of {selection['n_pool']} images: diverse (features + "
+        f"k-center) {result['selection_diverse_s']:.2f} s; uncertain round (load the n = {size} "
+        f"network, score the pool) {result['selection_uncertain_round_s']:.2f} s; next to one "
+        f"training job's fit {result['training_job_fit_s']:.2f} s"
     )
     if stacked is not None:
         stacked_rate = stacked["image_steps"] / stacked["seconds"]

@@ -127,6 +127,7 @@ def cmd_dedup(args) -> None:
 
 def cmd_folds(args) -> None:
     from fewcells.atomic import write_csv, write_json
+    from fewcells.cli.selection_commands import apply_folds_selection
     from fewcells.data.folds import assign_folds
 
     spec = args.spec
@@ -155,6 +156,7 @@ def cmd_folds(args) -> None:
         seed=spec["seed"],
         test_size=spec.get("test_size"),
     )
+    folds = apply_folds_selection(folds, spec, args.store_files, args.out)
     write_csv(folds, args.out / "folds.csv")
     task = "binary" if len(names) == 2 else "multiclass"
     write_json({"classes": names, "task": task}, args.out / "classes.json")

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fewcells.cli import commands, predict_commands
+from fewcells.cli import commands, predict_commands, selection_commands
 from fewcells.config import STACKED_ENGINES
 from fewcells.data.manifest import KINDS
 
@@ -184,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("folds", help="k-fold test/val/pool assignment with nested sizes")
     p.add_argument("kept", type=Path, help="the kept.csv of dedup (image_id, label)")
     p.add_argument(
+        "store_files",
+        type=Path,
+        nargs="*",
+        help="the tensor store's images.npy and index.csv (image features of selection diverse)",
+    )
+    p.add_argument(
         "--spec",
         type=json_object,
         required=True,
@@ -191,6 +197,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="folder for folds.csv and classes.json")
     p.set_defaults(func=commands.cmd_folds)
+
+    p = sub.add_parser("select-round", help="one active-learning round (selection: uncertain)")
+    p.add_argument("--folds", type=Path, required=True, help="folder with folds.csv, classes.json")
+    p.add_argument("--store", type=Path, required=True, help="tensor store folder")
+    p.add_argument("--fold", type=int, required=True, help="fold number")
+    p.add_argument("--round", type=int, required=True, help="round (0: the random start)")
+    p.add_argument("--size", type=int, required=True, help="training-set size of this round")
+    p.add_argument("--previous", type=Path, help="the previous round's folder")
+    p.add_argument("--previous-size", type=int, help="the previous round's size")
+    p.add_argument("--network", type=Path, help="training folder of the previous round")
+    p.add_argument("--spec", type=json_object, required=True, help='JSON: {"score", "balanced"}')
+    p.add_argument("--out", type=Path, required=True, help="folder of this round")
+    p.set_defaults(func=selection_commands.cmd_select_round)
+
+    p = sub.add_parser("selection-summary", help="the picks and class mix of a selection")
+    p.add_argument("--folds", type=Path, required=True, help="folder with folds.csv")
+    p.add_argument("--sizes", type=int_list, required=True, help="comma-separated sizes")
+    p.add_argument("--rounds", type=Path, nargs="*", default=[], help="round folders (uncertain)")
+    p.add_argument("--out", type=Path, required=True, help="folder of the summary")
+    p.set_defaults(func=selection_commands.cmd_selection_summary)
 
     p = sub.add_parser("store", help="uint8 tensor store of the kept images")
     p.add_argument("kept", type=Path, help="the kept.csv of dedup (image_id, path, label)")
@@ -304,6 +330,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dpi", type=int, default=150, help="figure resolution")
     p.add_argument("--out", type=Path, required=True, help="folder for the comparison outputs")
     p.set_defaults(func=commands.cmd_compare)
+
+    p = sub.add_parser("compare-strategies", help="learning curves and images to 95% of plateau")
+    p.add_argument("metrics", type=Path, nargs="+", help="each experiment's metrics.csv")
+    p.add_argument("--names", nargs="+", required=True, help="experiment names, same order")
+    p.add_argument("--metric", required=True, help="metrics.csv column, e.g. roc_auc")
+    p.add_argument("--reference", required=True, help="the experiment whose plateau is used")
+    p.add_argument("--title", default="", help="comparison name shown in the figure")
+    p.add_argument("--dpi", type=int, default=150, help="figure resolution")
+    p.add_argument("--out", type=Path, required=True, help="folder for strategies.csv, .png")
+    p.set_defaults(func=selection_commands.cmd_compare_strategies)
 
     p = sub.add_parser("ensemble", help="soft-voting ensemble of experiments on identical folds")
     p.add_argument(
