@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -200,3 +201,33 @@ def test_real_data_sets_through_the_data_stages(real_data, tmp_path):
     aml = pd.read_csv(tmp_path / targets[2], keep_default_na=False)
     assert len(aml) == 45
     assert aml.set_index("image_id").loc["IG/PMB_0013", "label"] == "PMB"
+
+
+def test_a_moved_checkout_keeps_its_trainings(tmp_path):
+    """The training code is a relative input: a checkout moved (or cloned) with its results
+    does not retrain."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ("Snakefile", "workflow", "profiles", "envs"):
+        source = REPO / name
+        if source.is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+            shutil.copytree(source, checkout / name, ignore=ignore)
+        else:
+            shutil.copy2(source, checkout / name)
+    config = yaml.safe_load(TINY.read_text())
+    config["run"] = ["tiny_binary"]
+    config["experiments"] = {"tiny_binary": config["experiments"]["tiny_binary"]}
+    (checkout / "config.yaml").write_text(yaml.safe_dump(config))
+    target = "results/tiny_binary/train/n6/fold0/predictions.csv"
+
+    def run(folder: Path, *args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "snakemake", "--configfile", "config.yaml", *args]
+        return subprocess.run(command, cwd=folder, env=ENV, capture_output=True, text=True)
+
+    first = run(checkout, "--cores", "1", target)
+    assert first.returncode == 0, first.stderr[-3000:]
+    moved = checkout.rename(tmp_path / "moved")
+    dry = run(moved, "-n", target)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "Nothing to be done" in dry.stdout + dry.stderr, dry.stdout[-3000:]

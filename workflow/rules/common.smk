@@ -6,6 +6,7 @@
 
 import atexit
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -128,10 +129,15 @@ lock_results()
 PACKAGE = Path(workflow.basedir) / "workflow" / "fewcells"
 
 
+def code_path(path):
+    """PATH relative to the working directory: a moved or fresh clone keeps its trainings."""
+    return os.path.relpath(path)
+
+
 def package_files(folder, leave_out=()):
     """The Python and C++ sources under FOLDER of the fewcells package, but LEAVE_OUT (names)."""
     return sorted(
-        str(path)
+        code_path(path)
         for path in (PACKAGE / folder).rglob("*")
         if path.suffix in (".py", ".cpp", ".h")
         and "__pycache__" not in path.parts
@@ -144,11 +150,11 @@ def package_files(folder, leave_out=()):
 # columns of history.csv and predictions.csv, what a collapsed network is). Pretraining also
 # reads data/folds.py, the class mapping of its split.
 TRAINING_CODE = package_files("training", leave_out=("pretrain.py",)) + [
-    str(PACKAGE / "contracts.py")
+    code_path(PACKAGE / "contracts.py")
 ]
 PRETRAINING_CODE = TRAINING_CODE + [
-    str(PACKAGE / "training" / "pretrain.py"),
-    str(PACKAGE / "data" / "folds.py"),
+    code_path(PACKAGE / "training" / "pretrain.py"),
+    code_path(PACKAGE / "data" / "folds.py"),
 ]
 
 
