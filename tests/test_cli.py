@@ -322,6 +322,14 @@ def test_every_option_has_help():
     assert missing == []
 
 
+def test_every_help_page_renders():
+    """argparse expands % in help strings: a stray one breaks `--help`."""
+    parser = build_parser()
+    assert "compare-strategies" in parser.format_help()
+    for name, sub in _subparsers(parser):
+        assert sub.format_help(), name
+
+
 def test_kind_lists_its_choices():
     for name, sub in _subparsers(build_parser()):
         for action in sub._actions:

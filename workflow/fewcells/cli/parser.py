@@ -1,15 +1,25 @@
 """The `fewcells` command's argument parser: one subcommand per workflow stage, each calling
-its function in fewcells.cli.commands (fewcells.cli.predict_commands for the commands that
-use trained networks). One cohesive thing, longer than the other modules: the declaration
-of every subcommand's arguments and help."""
+its function in fewcells.cli.commands (predict_commands and selection_commands for the
+commands that use trained networks and that select training images), declared stage by
+stage."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from fewcells.cli import commands, predict_commands, selection_commands
+from fewcells.cli.arguments import (
+    OneLineErrorParser,
+    add_multi_network_arguments,
+    add_network_arguments,
+    add_use_arguments,
+    images_argument,
+    int_list,
+    json_object,
+    json_value,
+    positive_int,
+)
 from fewcells.config import STACKED_ENGINES
 from fewcells.data.manifest import KINDS
 
@@ -18,106 +28,21 @@ DESCRIPTION = (
 )
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line, like the errors of the commands."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def json_value(text: str) -> object:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {error}") from error
-
-
-def json_object(text: str) -> dict:
-    value = json_value(text)
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(
-            f"needs a JSON object {{...}}, not {type(value).__name__}: {text!r}"
-        )
-    return value
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not a comma-separated list of integers: {text!r}"
-        ) from None
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def add_network_arguments(p: argparse.ArgumentParser) -> None:
-    """--image-size, --train-config and --model-config of the commands that train."""
-    p.add_argument(
-        "--image-size",
-        type=int,
-        required=True,
-        help="side of the stored images (px), as in the store",
-    )
-    p.add_argument(
-        "--train-config", type=json_value, default={}, help="the train config section (JSON)"
-    )
-    p.add_argument(
-        "--model-config",
-        type=json_value,
-        default={"name": "paper_cnn"},
-        help='the model config section (JSON), default {"name": "paper_cnn"}',
-    )
-
-
-def add_multi_network_arguments(p: argparse.ArgumentParser) -> None:
-    """The arguments of the commands that train every fold of several training sizes."""
-    p.add_argument(
-        "--store", type=Path, required=True, help="tensor store folder (images.npy, index.csv)"
-    )
-    p.add_argument("--folds", type=Path, required=True, help="folder with folds.csv, classes.json")
-    p.add_argument("--fold-ids", type=int_list, required=True, help="comma-separated folds")
-    p.add_argument("--sizes", type=int_list, required=True, help="comma-separated sizes")
-    add_network_arguments(p)
-    p.add_argument("--out", type=Path, required=True, help="train folder: OUT/n{size}/fold{k}/")
-
-
-def images_argument(text: str) -> dict | str:
-    """--images: a JSON object (a data set entry) or a folder of images."""
-    return json_object(text) if text.lstrip().startswith("{") else text
-
-
-def add_use_arguments(p: argparse.ArgumentParser) -> None:
-    """The arguments `predict` and `export` share: the config way and the explicit way."""
-    p.add_argument("--configfile", type=Path, help="a fewcells config: the networks from it")
-    p.add_argument("--results", type=Path, help="with --configfile: its results folder")
-    p.add_argument("--experiment", help="the experiment (with --configfile: whose networks)")
-    p.add_argument(
-        "--size", type=int, help="with --configfile: training size (default: the largest)"
-    )
-    p.add_argument(
-        "--networks", default="all", help="with --configfile: all (ensemble) or a fold number"
-    )
-    p.add_argument("--name", help="name shown in the outputs")
-    p.add_argument("--train-dirs", nargs="+", help="training folders .../n<size>/fold<k>[_rep<r>]")
-    p.add_argument("--classes", type=Path, help="the experiment's classes.json")
-    p.add_argument("--fit", choices=["pad", "resize"], default="pad", help="the image.fit")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """The `fewcells` parser with every subcommand."""
     parser = OneLineErrorParser(prog="fewcells", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
+    add_data_commands(sub)
+    add_folds_commands(sub)
+    add_training_commands(sub)
+    add_analysis_commands(sub)
+    add_explain_commands(sub)
+    add_use_commands(sub)
+    return parser
 
+
+def add_data_commands(sub) -> None:
+    """The subcommands of the data stage: demo, fetch, manifest, dedup."""
     p = sub.add_parser("demo", help="write the synthetic demo data set")
     p.add_argument("out", type=Path, help="folder to write the images and labels.csv to")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -181,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=commands.cmd_dedup)
 
+
+def add_folds_commands(sub) -> None:
+    """The subcommands of folds, selection rounds and the tensor store."""
     p = sub.add_parser("folds", help="k-fold test/val/pool assignment with nested sizes")
     p.add_argument("kept", type=Path, help="the kept.csv of dedup (image_id, label)")
     p.add_argument(
@@ -237,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=commands.cmd_store)
 
+
+def add_training_commands(sub) -> None:
+    """The subcommands of training: one network, folds one after another, stacked, pretraining."""
     p = sub.add_parser("train", help="train one network for one (training size, fold)")
     p.add_argument(
         "--store", type=Path, required=True, help="tensor store folder (images.npy, index.csv)"
@@ -297,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the pretrained network")
     p.set_defaults(func=commands.cmd_pretrain)
 
+
+def add_analysis_commands(sub) -> None:
+    """The subcommands of evaluation, comparisons, ensembles, merged classes."""
     p = sub.add_parser("evaluate", help="metrics, summary and figures of a training-size sweep")
     p.add_argument(
         "train_dirs",
@@ -331,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the comparison outputs")
     p.set_defaults(func=commands.cmd_compare)
 
-    p = sub.add_parser("compare-strategies", help="learning curves and images to 95% of plateau")
+    p = sub.add_parser(
+        "compare-strategies", help="learning curves and images to reach 95 percent of the plateau"
+    )
     p.add_argument("metrics", type=Path, nargs="+", help="each experiment's metrics.csv")
     p.add_argument("--names", nargs="+", required=True, help="experiment names, same order")
     p.add_argument("--metric", required=True, help="metrics.csv column, e.g. roc_auc")
@@ -377,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the merged-class outputs")
     p.set_defaults(func=commands.cmd_merged)
 
+
+def add_explain_commands(sub) -> None:
+    """The subcommands of explanations: relevance maps and tSNE."""
     p = sub.add_parser("explain", help="saliency and LRP maps, relevance shares of one fold")
     p.add_argument(
         "--store", type=Path, required=True, help="tensor store folder (images.npy, index.csv)"
@@ -420,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder for the tSNE table and figures")
     p.set_defaults(func=commands.cmd_tsne)
 
+
+def add_use_commands(sub) -> None:
+    """The subcommands of unlock, set-aside, prediction, export and benchmarks."""
     p = sub.add_parser(
         "unlock", help="remove a results folder's run lock (when its run has ended uncleanly)"
     )
@@ -487,4 +429,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project-folds", type=int, help="sweep: folds to project to")
     p.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     p.set_defaults(func=commands.cmd_benchmark)
-    return parser
