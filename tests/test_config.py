@@ -192,3 +192,72 @@ def test_run_names_round_trip():
     for fold, replicate in [(0, 0), (7, 0), (3, 1), (12, 2)]:
         assert parse_run_name(run_name(fold, replicate)) == (fold, replicate)
     assert run_name(3) == "fold3" and run_name(3, 2) == "fold3_rep2"
+
+
+SELECTION = yaml.safe_load((REPO / "tests/integration/configs/tiny_selection.yaml").read_text())
+FEATURES = "experiments.tiny_diverse.folds.selection.features"
+
+
+def _with_features(features, edit=lambda experiments: None) -> dict:
+    config = copy.deepcopy(SELECTION)
+    config["experiments"]["tiny_diverse"]["folds"]["selection"]["features"] = features
+    edit(config["experiments"])
+    return config
+
+
+def test_diverse_features_default_to_the_statistics_and_may_name_a_network():
+    config = validate_config(SELECTION)
+    assert config["experiments"]["tiny_diverse"]["folds"]["selection"]["features"] == "stats"
+    named = validate_config(_with_features({"experiment": "tiny_random", "size": 6}))
+    features = named["experiments"]["tiny_diverse"]["folds"]["selection"]["features"]
+    assert features == {"experiment": "tiny_random", "size": 6}
+
+
+@pytest.mark.parametrize(
+    ("features", "edit", "message"),
+    [
+        ("pixels", None, "is not valid"),
+        ({"experiment": "tiny_random"}, None, "is not valid"),
+        ({"experiment": "nope", "size": 6}, None, "'nope' is not another experiment"),
+        ({"experiment": "tiny_diverse", "size": 6}, None, "is not another experiment"),
+        (
+            {"experiment": "tiny_random", "size": 6},
+            lambda e: e["tiny_random"]["folds"].update(
+                selection={
+                    "strategy": "diverse",
+                    "features": {"experiment": "tiny_uncertain", "size": 6},
+                }
+            ),
+            "itself uses network features",
+        ),
+        ({"experiment": "tiny_random", "size": 7}, None, "trains no size 7"),
+        (
+            {"experiment": "tiny_random", "size": 6},
+            lambda e: e["tiny_random"]["folds"].update(seed=5),
+            "has folds .* the same folds",
+        ),
+        (
+            {"experiment": "tiny_random", "size": 6},
+            lambda e: e["tiny_random"].update(classes=e["tiny_random"]["classes"][::-1]),
+            "has classes",
+        ),
+        (
+            {"experiment": "tiny_random", "size": 6},
+            lambda e: e["tiny_random"]["folds"].update(run_folds=[1]),
+            r"no network for fold\(s\) \[0\]",
+        ),
+        (
+            "stats",
+            lambda e: e["tiny_uncertain"]["folds"]["selection"].update(
+                features={"experiment": "tiny_random", "size": 6}
+            ),
+            "network features order a diverse selection",
+        ),
+    ],
+)
+def test_bad_selection_features_name_the_key(features, edit, message):
+    config = _with_features(features, edit or (lambda experiments: None))
+    with pytest.raises(FewcellsError, match=message) as error:
+        validate_config(config)
+    assert "config key experiments.tiny_" in str(error.value)
+    assert "folds.selection.features" in str(error.value)

@@ -183,3 +183,82 @@ def test_uncertain_with_diversity_spreads_the_step_over_the_shortlist():
     assert again.equals(mixed)
     with pytest.raises(FewcellsError, match="features"):
         next_round(rows, 10, 12, 1, diversity=0.5, **args)
+
+
+NETWORK_FEATURES = {"strategy": "diverse", "features": {"experiment": "tiny_random", "size": 6}}
+
+
+def _network_case(tmp_path, folds=(0, 1)):
+    """A dark/bright store with two folds and a random paper CNN per fold at n = 6."""
+    from test_predict import write_network
+    from test_train import CLASSES, make_store
+
+    make_store(tmp_path, n_per_class=8)
+    store = [tmp_path / "store" / "images.npy", tmp_path / "store" / "index.csv"]
+    train = tmp_path / "train" / "n6"
+    ckpts = [write_network(train / f"fold{k}", CLASSES, seed=k) / "model.ckpt" for k in folds]
+    return pd.read_csv(tmp_path / "folds.csv"), store, ckpts
+
+
+def _diverse(tmp_path, folds, selection, files, name):
+    from fewcells.cli.selection_commands import apply_folds_selection
+
+    out = tmp_path / name
+    out.mkdir()
+    ordered = apply_folds_selection(folds, {"selection": selection}, files, out)
+    return ordered, pd.read_csv(out / "selection.csv")
+
+
+def test_diverse_orders_the_pool_by_the_networks_hidden_layer(tmp_path):
+    import torch
+
+    from fewcells.data.store import open_store
+    from fewcells.predict.predict import load_network
+    from fewcells.training.models import to_model_input
+
+    folds, store, ckpts = _network_case(tmp_path)
+    _, picks = _diverse(tmp_path, folds, NETWORK_FEATURES, [*store, *ckpts], "net")
+    images, index = open_store(tmp_path / "store")
+    row = dict(zip(index["image_id"], index["row"], strict=True))
+    for fold, ckpt in enumerate(ckpts):
+        pool = sorted(folds[(folds["fold"] == fold) & (folds["role"] == "pool")]["image_id"])
+        batch = torch.from_numpy(images[[row[image] for image in pool]])
+        with torch.no_grad():
+            hidden = load_network(ckpt.parent).model.embed(to_model_input(batch)).numpy()
+        assert hidden.std(axis=0).max() > 0  # the hidden layer tells the images apart
+        order, _ = k_center(hidden)
+        assert picks[picks["fold"] == fold]["image_id"].tolist() == [pool[i] for i in order]
+    _, stats = _diverse(tmp_path, folds, {"strategy": "diverse"}, store, "stats")
+    assert stats["image_id"].tolist() != picks["image_id"].tolist()
+    _, again = _diverse(tmp_path, folds, NETWORK_FEATURES, [*store, *ckpts], "again")
+    assert again.equals(picks)  # deterministic
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_network_features_ignore_labels_of_unselected_images(tmp_path, balanced):
+    folds, store, ckpts = _network_case(tmp_path, folds=(0,))
+    folds = folds[folds["fold"] == 0]
+    selection = {**NETWORK_FEATURES, "balanced": balanced}
+    _, picks = _diverse(tmp_path, folds, selection, [*store, *ckpts], "net")
+    first = picks["image_id"].iloc[:6].tolist()
+    permuted = _permute_unselected(folds, first, seed=3)
+    _, again = _diverse(tmp_path, permuted, selection, [*store, *ckpts], "permuted")
+    assert again["image_id"].iloc[:6].tolist() == first
+
+
+def test_a_fold_without_a_network_keeps_the_random_order(tmp_path):
+    folds, store, ckpts = _network_case(tmp_path, folds=(0,))
+    ordered, picks = _diverse(tmp_path, folds, NETWORK_FEATURES, [*store, *ckpts], "net")
+    assert set(picks["fold"]) == {0}
+    assert ordered[ordered["fold"] == 1].equals(folds[folds["fold"] == 1])
+
+
+def test_network_features_need_the_named_networks(tmp_path):
+    folds, store, ckpts = _network_case(tmp_path, folds=(0,))
+    wrong_size = {**NETWORK_FEATURES, "features": {"experiment": "tiny_random", "size": 9}}
+    with pytest.raises(FewcellsError, match="replicate 0 of size 9"):
+        _diverse(tmp_path, folds, wrong_size, [*store, *ckpts], "a")
+    with pytest.raises(FewcellsError, match="needs the networks"):
+        _diverse(tmp_path, folds, NETWORK_FEATURES, store, "b")
+    with pytest.raises(FewcellsError, match="features is stats"):
+        _diverse(tmp_path, folds, {"strategy": "diverse"}, [*store, *ckpts], "c")

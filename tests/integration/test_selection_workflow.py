@@ -98,3 +98,31 @@ def test_diverse_folds_job_declares_its_picks(tmp_path):
     command += ["results/tiny_random/folds/selection.csv", "--configfile", str(path)]
     result = subprocess.run(command, cwd=tmp_path, env=ENV, capture_output=True, text=True)
     assert result.returncode != 0 and "MissingRuleException" in result.stdout + result.stderr
+
+
+def test_network_features_make_the_diverse_folds_wait_for_the_networks(tmp_path):
+    """features {experiment, size}: rule folds_diverse needs that experiment's network of each
+    fold it trains; adding the key re-plans that folds job (and the network), nothing else;
+    the default (stats) leaves the folds job's command as it was."""
+    config = yaml.safe_load(CONFIG.read_text())
+    diverse, random = "results/tiny_diverse/folds/folds.csv", "results/tiny_random/folds/folds.csv"
+    command = _snakemake(tmp_path, config, diverse, "-n", "-p")
+    assert '"strategy": "diverse"' in command and '"features"' not in command
+    _snakemake(tmp_path, config, "--cores", "1", diverse, random)
+    named = yaml.safe_load(CONFIG.read_text())
+    features = {"experiment": "tiny_random", "size": 6}
+    named["experiments"]["tiny_diverse"]["folds"]["selection"]["features"] = features
+    assert _planned(tmp_path, config, diverse, random) == {}
+    # the diverse folds job, the random network of fold 0 and the store it trains from
+    planned = _planned(tmp_path, named, diverse)
+    assert planned == {"store": 1, "train": 1, "folds_diverse": 1, "total": 3}
+    assert _planned(tmp_path, named, random) == {}
+    dry = _snakemake(tmp_path, named, diverse, "-n", "-p")
+    assert "results/tiny_random/train/n6/fold0/model.ckpt" in dry
+    assert "results/tiny_random/train/n6/fold1" not in dry  # only the folds it trains
+    _snakemake(tmp_path, named, "--cores", "1", diverse)
+    picks = pd.read_csv(tmp_path / "results/tiny_diverse/folds/selection.csv")
+    folds = pd.read_csv(tmp_path / diverse)
+    assert set(picks["fold"]) == {0}  # fold 1 has no network: it keeps the random order
+    assert len(picks) == len(folds.query("fold == 0 and role == 'pool'"))
+    assert _planned(tmp_path, named, diverse) == {}

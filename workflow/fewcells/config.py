@@ -12,7 +12,7 @@ import yaml
 from fewcells.contracts import SCORES
 from fewcells.data.selection import check_selection
 from fewcells.errors import FewcellsError
-from fewcells.plan import common_sizes_and_folds, experiment_task, fold_ids
+from fewcells.plan import common_sizes_and_folds, experiment_task, fold_ids, fold_split
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 # results/<name>/ folders the workflow writes besides the experiments' own.
@@ -133,7 +133,7 @@ def validate_config(config: dict) -> dict:
         if experiment["train"]["engine"] in STACKED_ENGINES:
             _check_stacked(key, experiment)
         _check_merged(key, experiment)
-        check_selection(key, experiment)
+        check_selection(key, experiment, config["experiments"])
         dataset = config["datasets"][experiment["dataset"]]
         if dataset["kind"] == "demo":
             _check_demo_sizes(key, experiment, dataset)
@@ -221,9 +221,6 @@ def _check_transfer(config: dict) -> None:
                 )
 
 
-FOLD_KEYS_THAT_MAY_DIFFER = ("sizes", "run_folds", "selection")
-
-
 def check_merged_groups(groups: dict, class_names: list[str], key: str) -> None:
     """Every merged group names classes of the experiment and leaves at least one out."""
     for group, members in groups.items():
@@ -286,12 +283,7 @@ def _check_compare(config: dict) -> None:
                 ("task", lambda e: experiment_task(e)),
                 ("classes", lambda e: e.get("classes")),
                 ("dataset", lambda e: e["dataset"]),
-                (
-                    "folds (other than sizes/run_folds/selection)",
-                    lambda e: {
-                        k: v for k, v in e["folds"].items() if k not in FOLD_KEYS_THAT_MAY_DIFFER
-                    },
-                ),
+                ("folds (other than sizes/run_folds/selection)", fold_split),
             ):
                 if value(experiment) != value(reference):
                     raise FewcellsError(

@@ -71,6 +71,15 @@ def fold_ids(experiment: dict) -> list[int]:
     return list(folds["run_folds"]) if folds["run_folds"] else list(range(folds["k"]))
 
 
+# The folds keys that do not change the split (test, validation and pool images).
+FOLD_KEYS_THAT_MAY_DIFFER = ("sizes", "run_folds", "selection")
+
+
+def fold_split(experiment: dict) -> dict:
+    """The folds keys that decide the split: all but sizes, run_folds and selection."""
+    return {k: v for k, v in experiment["folds"].items() if k not in FOLD_KEYS_THAT_MAY_DIFFER}
+
+
 def replicates_at(experiment: dict, size: int) -> int:
     """Networks trained per fold at training size `size`: train.replicates where
     train.replicate_sizes includes it (null: every size), else 1."""

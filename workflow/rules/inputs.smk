@@ -7,12 +7,34 @@ def kept_csv(wildcards):
 
 
 def folds_inputs(wildcards):
-    """kept.csv; a diverse selection also reads the stored images (its features)."""
+    """kept.csv; a diverse selection also reads the stored images (its features) and, with
+    network features, the named experiment's network of each fold it trains."""
     inputs = {"kept": kept_csv(wildcards)}
     if selection_of(wildcards.experiment) == "diverse":
         store = f"{RESULTS}/{wildcards.experiment}/store"
         inputs |= {"images": f"{store}/images.npy", "index": f"{store}/index.csv"}
+        inputs["networks"] = features_networks(wildcards.experiment)
     return inputs
+
+
+def features_networks(experiment):
+    """The model.ckpt of each fold of folds.selection.features {experiment, size} (replicate
+    0, the folds EXPERIMENT trains); none for the colour/texture statistics."""
+    cfg = CONFIG["experiments"][experiment]
+    features = cfg["folds"]["selection"]["features"]
+    if features == "stats":
+        return []
+    root = f"{RESULTS}/{features['experiment']}/train/n{features['size']}"
+    return [f"{root}/fold{fold}/model.ckpt" for fold in fold_ids(cfg)]
+
+
+def selection_spec(experiment):
+    """EXPERIMENT's folds.selection for a job's --spec, without the default features stats
+    (so that results from before the key existed stay current)."""
+    selection = CONFIG["experiments"][experiment]["folds"]["selection"]
+    return {
+        k: v for k, v in selection.items() if not (k == "features" and v == "stats")
+    }
 
 
 def folds_spec(wildcards):
@@ -27,6 +49,8 @@ def folds_spec(wildcards):
         and not (k == "set_aside" and v is None)
         and not (k == "selection" and v["strategy"] == "random")
     }
+    if "selection" in spec:
+        spec["selection"] = selection_spec(wildcards.experiment)
     return as_json(spec | {"classes": experiment_config(wildcards).get("classes")})
 
 

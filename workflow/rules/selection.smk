@@ -15,7 +15,7 @@ rule select_round:
         "../../envs/fewcells.yaml"
     params:
         rounds=select_round_arguments,
-        spec=lambda w: as_json(experiment_config(w)["folds"]["selection"]),
+        spec=lambda w: as_json(selection_spec(w.experiment)),
         store=lambda w: f"{RESULTS}/{w.experiment}/store",
         folds=lambda w: f"{RESULTS}/{w.experiment}/folds",
         out=lambda w: f"{RESULTS}/{w.experiment}/selection/fold{w.fold}/n{w.size}",

@@ -115,7 +115,8 @@ def add_folds_commands(sub) -> None:
         "store_files",
         type=Path,
         nargs="*",
-        help="the tensor store's images.npy and index.csv (image features of selection diverse)",
+        help="selection diverse: the tensor store's images.npy and index.csv, and with network "
+        "features each fold's model.ckpt",
     )
     p.add_argument(
         "--spec",

@@ -34,24 +34,67 @@ def store_features(store_dir) -> Callable[[list[str]], np.ndarray]:
     return features
 
 
+def network_features(train_dirs, store_dir, size: int) -> dict[int, Callable]:
+    """fold -> features(image ids): the hidden-layer activations of that fold's network (the
+    training folders TRAIN_DIRS, replicate 0 of training size SIZE) on the stored images, as
+    the network computes them (not standardised: the network's own scale weighs its units)."""
+    from fewcells.data.active import network_embeddings
+    from fewcells.predict.predict import parse_train_dir
+
+    features = {}
+    for directory in train_dirs:
+        n, fold, replicate = parse_train_dir(directory)
+        if n != size or replicate != 0 or fold in features:
+            raise FewcellsError(
+                f"folds: {directory} is not one fold's replicate 0 of size {size} "
+                "(selection.features)"
+            )
+        features[fold] = network_embeddings(directory, store_dir)
+    return features
+
+
+def _fold_features(selection: dict, store_files) -> Callable[[int], Callable | None]:
+    """fold -> its features function for the diverse order (None: the fold has no network)."""
+    names = {Path(path).name for path in store_files}
+    if not {"images.npy", "index.csv"} <= names:
+        raise FewcellsError("folds: selection diverse needs the store's images.npy, index.csv")
+    store_dir = next(Path(p).parent for p in store_files if Path(p).name == "images.npy")
+    networks = [Path(p).parent for p in store_files if Path(p).name == "model.ckpt"]
+    chosen = selection.get("features", "stats")
+    if chosen == "stats":
+        if networks:
+            raise FewcellsError("folds: networks given but selection.features is stats")
+        stats = store_features(store_dir)
+        return lambda fold: stats
+    if not networks:
+        raise FewcellsError(f"folds: selection.features {chosen} needs the networks' model.ckpt")
+    return network_features(networks, store_dir, int(chosen["size"])).get
+
+
 def apply_folds_selection(folds: pd.DataFrame, spec: dict, store_files, out_dir) -> pd.DataFrame:
-    """The folds with each pool in the order of spec["selection"] (random: unchanged);
-    diverse reads the features of the store of STORE_FILES (its images.npy and index.csv)
-    and also writes OUT_DIR/selection.csv."""
+    """The folds with each pool in the order of spec["selection"] (random: unchanged).
+    Diverse reads the store of STORE_FILES (its images.npy and index.csv) and, with network
+    features, the model.ckpt of each fold's network among them (a fold without one keeps the
+    random order and is left out of selection.csv); it also writes OUT_DIR/selection.csv."""
     from fewcells.atomic import write_csv
     from fewcells.data.selection import diverse_fold
 
     selection = spec.get("selection") or {"strategy": "random"}
     if selection["strategy"] != "diverse":
         return folds
-    if not store_files:
-        raise FewcellsError("folds: selection diverse needs the store's images.npy, index.csv")
-    features = store_features(Path(store_files[0]).parent)
+    features_of = _fold_features(selection, store_files)
     parts, tables = [], []
-    for _, rows in folds.groupby("fold", sort=True):
+    for fold, rows in folds.groupby("fold", sort=True):
+        features = features_of(int(fold))
+        if features is None:
+            print(f"folds: fold {fold} has no network: random order", file=sys.stderr)
+            parts.append(rows)
+            continue
         ordered, table = diverse_fold(rows, features, balanced=selection.get("balanced", False))
         parts.append(ordered)
         tables.append(table)
+    if not tables:
+        raise FewcellsError("folds: no fold has a network of selection.features")
     write_csv(pd.concat(tables, ignore_index=True), out_dir / "selection.csv")
     return pd.concat(parts).loc[folds.index, FOLD_COLUMNS]
 

@@ -133,6 +133,27 @@ def network_probabilities(
     the stored images (read from the store's memory map, in batches)."""
     import torch
 
+    return network_outputs(
+        train_dir, store_dir, lambda model, x: torch.softmax(model(x).float(), dim=1)
+    )
+
+
+def network_embeddings(
+    train_dir: str | os.PathLike, store_dir: str | os.PathLike
+) -> Callable[[list[str]], np.ndarray]:
+    """embeddings(image ids) -> (images, width) hidden-layer activations of the network in
+    TRAIN_DIR on the stored images (its `embed`: the paper CNN's hidden layer after its ReLU,
+    a torchvision network's pooled penultimate layer), as in the training's embeddings.npz."""
+    return network_outputs(train_dir, store_dir, lambda model, x: model.embed(x).float())
+
+
+def network_outputs(
+    train_dir: str | os.PathLike, store_dir: str | os.PathLike, forward: Callable
+) -> Callable[[list[str]], np.ndarray]:
+    """outputs(image ids) -> forward(model, batch) of the network in TRAIN_DIR (eval mode, no
+    gradients) on those stored images, read from the store's memory map in batches."""
+    import torch
+
     from fewcells.data.store import open_store
     from fewcells.predict.predict import load_network
     from fewcells.training.models import to_model_input
@@ -141,7 +162,7 @@ def network_probabilities(
     images, index = open_store(store_dir, network.image_size)
     row_of = dict(zip(index["image_id"], index["row"], strict=True))
 
-    def probabilities(image_ids: list[str]) -> np.ndarray:
+    def outputs(image_ids: list[str]) -> np.ndarray:
         missing = [image for image in image_ids if image not in row_of]
         if missing:
             raise FewcellsError(f"{store_dir}: image(s) {missing[:3]} not in the store")
@@ -150,8 +171,7 @@ def network_probabilities(
         with torch.no_grad():
             for start in range(0, len(rows), PREDICT_BATCH):
                 batch = torch.from_numpy(np.asarray(images[rows[start : start + PREDICT_BATCH]]))
-                logits = network.model(to_model_input(batch))
-                out.append(torch.softmax(logits.float(), dim=1).numpy())
-        return np.concatenate(out) if out else np.zeros((0, 2))
+                out.append(forward(network.model, to_model_input(batch)).numpy())
+        return np.concatenate(out) if out else np.zeros((0, 0))
 
-    return probabilities
+    return outputs

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from fewcells.errors import FewcellsError
+from fewcells.plan import fold_ids, fold_split
 
 STRATEGIES = ("random", "diverse", "uncertain")
 SCORES = ("entropy", "margin")
@@ -253,9 +254,10 @@ def class_mix(folds: pd.DataFrame, sizes: Sequence[int]) -> pd.DataFrame:
     return pd.concat(rows, ignore_index=True)[["size", "fold", "class_name", "n_images"]]
 
 
-def check_selection(key: str, experiment: dict) -> None:
+def check_selection(key: str, experiment: dict, experiments: dict) -> None:
     """A validated experiment's folds.selection fits its training: uncertain trains one job
-    per (size, fold), as a round needs the previous round's network."""
+    per (size, fold), as a round needs the previous round's network; network features name
+    a fitting experiment (check_features)."""
     strategy = experiment["folds"]["selection"]["strategy"]
     engine = experiment["train"]["engine"]
     if experiment["folds"]["selection"].get("diversity", 0) and strategy != "uncertain":
@@ -268,3 +270,41 @@ def check_selection(key: str, experiment: dict) -> None:
             f"config key {key}.folds.selection: uncertain needs train.engine per_fold (each "
             f"round trains on what the previous round's network chose), not {engine}"
         )
+    check_features(key, experiment, experiments)
+
+
+def check_features(key: str, experiment: dict, experiments: dict) -> None:
+    """folds.selection.features {experiment, size} (diverse only) names another experiment
+    with the same dataset, classes, split and image size that trains that size on every fold
+    this one trains, and whose own order does not come from network features (no chains)."""
+    features = experiment["folds"]["selection"].get("features", "stats")
+    if features == "stats":
+        return
+    where = f"config key {key}.folds.selection.features"
+    strategy = experiment["folds"]["selection"]["strategy"]
+    if strategy != "diverse":
+        raise FewcellsError(f"{where}: network features order a diverse selection, not {strategy}")
+    name, size = features["experiment"], features["size"]
+    if name not in experiments or name == key.rsplit(".", 1)[-1]:
+        raise FewcellsError(
+            f"{where}: {name!r} is not another experiment (experiments: {sorted(experiments)})"
+        )
+    source = experiments[name]
+    for what, value in (
+        ("dataset", lambda e: e["dataset"]),
+        ("classes", lambda e: e.get("classes")),
+        ("folds (other than sizes/run_folds/selection)", fold_split),
+        ("image.size", lambda e: e["image"]["size"]),
+    ):
+        if value(source) != value(experiment):
+            raise FewcellsError(
+                f"{where}: {name!r} has {what} {value(source)!r}, this experiment "
+                f"{value(experiment)!r}; the network must come from the same folds"
+            )
+    if source["folds"]["selection"].get("features", "stats") != "stats":
+        raise FewcellsError(f"{where}: {name!r} itself uses network features (no chains)")
+    if size not in source["folds"]["sizes"]:
+        raise FewcellsError(f"{where}: {name!r} trains no size {size} ({source['folds']['sizes']})")
+    missing = sorted(set(fold_ids(experiment)) - set(fold_ids(source)))
+    if missing:
+        raise FewcellsError(f"{where}: {name!r} trains no network for fold(s) {missing}")
