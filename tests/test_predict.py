@@ -267,3 +267,11 @@ def test_a_prediction_without_labels_writes_no_external_numbers(tmp_path):
     metrics = pd.read_csv(out / "external_metrics.csv")
     assert set(metrics["set"]) == {"internal"}
     assert "no external validation" in (out / "external.md").read_text()
+
+
+def test_contact_sheet_names_keep_the_file_name():
+    from fewcells.predict.sheet import short_name
+
+    assert short_name("pbc/neutrophil/neutrophil_0007.jpg") == "neutrophil_0007.jpg"
+    long = short_name("x/" + "a" * 20 + "_0123456789.tiff")
+    assert len(long) == 24 and long.endswith("456789.tiff") and long.startswith("aaaa")

@@ -4,8 +4,9 @@ ensemble's networks, for the predicted class)."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -60,6 +61,15 @@ def ensemble_relevance(
     return total / max(len(networks), 1)
 
 
+def short_name(image_id: str, limit: int = 24) -> str:
+    """The file name of an image id, shortened in the middle to `limit` characters."""
+    name = PurePosixPath(image_id).name
+    if len(name) <= limit:
+        return name
+    keep = limit - 1
+    return f"{name[: keep - keep // 2]}…{name[-(keep // 2) :]}"
+
+
 def contact_sheet(
     rows: pd.DataFrame,
     images: np.ndarray,
@@ -86,18 +96,19 @@ def contact_sheet(
             truth = row["class_name"] if isinstance(row["class_name"], str) else "?"
             axes[2 * g, column].imshow(images[position])
             axes[2 * g, column].set_title(
-                f"{row['image_id'][-18:]}\ntrue {truth}, called {row['predicted']}\n"
+                f"{short_name(row['image_id'])}\ntrue {truth}, called {row['predicted']}\n"
                 f"p {row['certainty']:.2f}, spread {row['spread']:.2f}",
                 fontsize=6.5,
             )
             rel = relevance[position]
             top = float(np.percentile(np.abs(rel), 99.5)) or 1.0
             axes[2 * g + 1, column].imshow(rel, cmap="bwr", vmin=-top, vmax=top)
-    figure.suptitle(
-        f"{title}\nLRP of the predicted class ({lrp_label}), mean over the networks; "
-        "red + / blue −; spread = s.d. between networks",
-        fontsize=8,
+    caption = (
+        f"LRP of the predicted class ({lrp_label}), mean over the networks; "
+        "red + / blue −; spread = s.d. between networks"
     )
+    width = int(figure.get_figwidth() * 13)
+    figure.suptitle("\n".join([title, *textwrap.wrap(caption, width)]), fontsize=8)
     return figure
 
 
