@@ -101,3 +101,11 @@ def add_use_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", type=Path, help="the experiment's classes.json")
     p.add_argument("--fit", choices=["pad", "resize"], default="pad", help="the image.fit")
     p.add_argument("--out", type=Path, required=True, help="output folder")
+
+
+def add_store_arguments(p: argparse.ArgumentParser) -> None:
+    """--store and --folds: the tensor store and the folds a network trains or is read on."""
+    p.add_argument(
+        "--store", type=Path, required=True, help="tensor store folder (images.npy, index.csv)"
+    )
+    p.add_argument("--folds", type=Path, required=True, help="folder with folds.csv, classes.json")

@@ -13,6 +13,7 @@ from fewcells.cli.arguments import (
     OneLineErrorParser,
     add_multi_network_arguments,
     add_network_arguments,
+    add_store_arguments,
     add_use_arguments,
     images_argument,
     int_list,
@@ -170,10 +171,7 @@ def add_folds_commands(sub) -> None:
 def add_training_commands(sub) -> None:
     """The subcommands of training: one network, folds one after another, stacked, pretraining."""
     p = sub.add_parser("train", help="train one network for one (training size, fold)")
-    p.add_argument(
-        "--store", type=Path, required=True, help="tensor store folder (images.npy, index.csv)"
-    )
-    p.add_argument("--folds", type=Path, required=True, help="folder with folds.csv, classes.json")
+    add_store_arguments(p)
     p.add_argument("--fold", type=int, required=True, help="fold number")
     p.add_argument("--size", type=int, required=True, help="training-set size")
     p.add_argument(
@@ -318,10 +316,7 @@ def add_analysis_commands(sub) -> None:
 def add_explain_commands(sub) -> None:
     """The subcommands of explanations: relevance maps and tSNE."""
     p = sub.add_parser("explain", help="saliency and LRP maps, relevance shares of one fold")
-    p.add_argument(
-        "--store", type=Path, required=True, help="tensor store folder (images.npy, index.csv)"
-    )
-    p.add_argument("--folds", type=Path, required=True, help="folder with folds.csv, classes.json")
+    add_store_arguments(p)
     p.add_argument("--train-root", type=Path, required=True, help="RESULTS/EXPERIMENT/train")
     p.add_argument("--fold", type=int, required=True, help="fold number")
     p.add_argument("--sizes", type=int, nargs="+", required=True, help="training sizes to explain")
