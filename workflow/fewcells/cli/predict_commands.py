@@ -50,25 +50,35 @@ def config_entry(args) -> tuple[dict, dict]:
     return config, config["predict"][0]
 
 
+def entry_networks(config: dict, entry: dict) -> dict:
+    """The networks a predict entry names: their folders, classes.json, experiment and the
+    experiment's image.fit (the options predict and export share)."""
+    from fewcells.predict.entries import entry_train_dirs
+
+    name = entry["experiment"]
+    return {
+        "train_dirs": entry_train_dirs(config, entry),
+        "classes_json": Path(config["results"], name, "folds", "classes.json"),
+        "experiment": name,
+        "fit": config["experiments"][name]["image"]["fit"],
+    }
+
+
 def cmd_predict(args) -> None:
     from fewcells.predict.predict import run_prediction
 
     if args.configfile is not None:
-        from fewcells.predict.entries import entry_classes, entry_train_dirs
+        from fewcells.predict.entries import entry_classes
 
         if args.images is None:
             raise FewcellsError("--images: give a folder of images or a data set entry (JSON)")
         config, entry = config_entry(args)
-        experiment = config["experiments"][entry["experiment"]]
-        explain = experiment["explain"]
+        explain = config["experiments"][entry["experiment"]]["explain"]
         options = {
-            "train_dirs": entry_train_dirs(config, entry),
-            "classes_json": Path(config["results"], entry["experiment"], "folds", "classes.json"),
+            **entry_networks(config, entry),
             "images": entry["images"],
-            "fit": experiment["image"]["fit"],
             "rescale": args.rescale or entry["rescale"],
             "classes": entry_classes(config, entry),
-            "experiment": entry["experiment"],
             "name": entry["name"],
             "explain_settings": {k: explain[k] for k in ("composite", "epsilon", "gamma")},
         }
@@ -117,17 +127,11 @@ def cmd_export(args) -> None:
     from fewcells.predict.export import export_networks
 
     if args.configfile is not None:
-        from fewcells.predict.entries import entry_train_dirs
-
         args.images = None
         config, entry = config_entry(args)
-        experiment = config["experiments"][entry["experiment"]]
-        dataset = experiment["dataset"]
+        dataset = config["experiments"][entry["experiment"]]["dataset"]
         options = {
-            "train_dirs": entry_train_dirs(config, entry),
-            "classes_json": Path(config["results"], entry["experiment"], "folds", "classes.json"),
-            "experiment": entry["experiment"],
-            "fit": experiment["image"]["fit"],
+            **entry_networks(config, entry),
             "dataset": dataset,
             "manifest": Path(config["results"], "datasets", dataset, "manifest.csv"),
         }
