@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import socket
 import tarfile
@@ -418,6 +419,29 @@ def test_source_listing_changes_when_files_are_added_removed_or_rewritten(tmp_pa
     assert source_listing(dataset) != first
     assert source_listing({"kind": "demo"}) == ""
     assert source_listing({"source": {"url": "https://x/a.zip"}}) == ""
+
+
+def test_source_listing_ignores_new_mtimes_and_reads_only_touched_files(tmp_path, monkeypatch):
+    from fewcells.data import fetch
+
+    (tmp_path / "img").mkdir()
+    for name in ("a.tif", "b.tif"):
+        (tmp_path / "img" / name).write_bytes(name.encode())
+    dataset = {"source": {"path": str(tmp_path / "img")}}
+    cache = tmp_path / "cache" / "listing.json"
+    first = fetch.source_listing(dataset, cache=cache)
+    assert set(json.loads(cache.read_text())) == {"a.tif", "b.tif"}
+    read, real_sha256 = [], fetch.sha256_file
+    monkeypatch.setattr(
+        fetch, "sha256_file", lambda path: read.append(Path(path).name) or real_sha256(path)
+    )
+    assert fetch.source_listing(dataset, cache=cache) == first and read == []
+    os.utime(tmp_path / "img" / "a.tif", ns=(10**18, 10**18))
+    assert fetch.source_listing(dataset, cache=cache) == first and read == ["a.tif"]
+    (tmp_path / "img" / "b.tif").write_bytes(b"B.tif")  # same size, new content
+    assert fetch.source_listing(dataset, cache=cache) != first
+    cache.write_text("not json")
+    assert fetch.source_listing(dataset, cache=cache) == fetch.source_listing(dataset)
 
 
 def test_a_tar_with_a_damaged_header_midway_extracts_nothing(tmp_path):

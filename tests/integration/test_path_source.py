@@ -1,7 +1,9 @@
-"""Files added to or removed from a `path:` source folder rerun the manifest."""
+"""Files added to, removed from or rewritten in a `path:` source folder rerun the manifest;
+new modification times alone (a copy of the folder) do not."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -37,3 +39,12 @@ def test_a_changed_source_folder_reruns_the_manifest(tmp_path):
     assert planned_jobs() == {"manifest": 1}
     extra.unlink()
     assert planned_jobs() == {}
+    later = 2_000_000_000 * 10**9
+    for image in data.rglob("*"):
+        os.utime(image, ns=(later, later))
+    assert planned_jobs() == {}
+    image = next((data / "lymphocyte").glob("*.tif"))
+    content = bytearray(image.read_bytes())
+    content[-1] ^= 0xFF
+    image.write_bytes(bytes(content))
+    assert planned_jobs() == {"manifest": 1}

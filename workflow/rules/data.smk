@@ -33,8 +33,11 @@ rule manifest:
     resources:
         mem_mb=1000,
     params:
-        # a path: source's file listing, so that added or removed files rerun the manifest
-        listing=lambda w: source_listing(CONFIG["datasets"][w.dataset]),
+        # a path: source's file listing (names, sizes, contents), so that added, removed or
+        # rewritten files rerun the manifest; a copy with new mtimes does not
+        listing=lambda w: source_listing(
+            CONFIG["datasets"][w.dataset], cache=f"{DATASETS}/{w.dataset}/listing.json"
+        ),
         kind=lambda w: CONFIG["datasets"][w.dataset]["kind"],
         on_bad_image=lambda w: CONFIG["datasets"][w.dataset]["on_bad_image"],
         labels_csv=lambda w: CONFIG["datasets"][w.dataset]["labels_csv"],

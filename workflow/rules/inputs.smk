@@ -298,9 +298,11 @@ def predict_inputs(wildcards):
     }
 
 
-def predict_listing(entry):
+def predict_listing(wildcards):
     """The file listing of a predict entry's folder (reruns it when files change); none for
     a set-aside folder of this run, whose set_aside.csv is an input."""
+    entry = predict_entry(wildcards)
     if set_aside_dependency(CONFIG, entry):
         return ""
-    return source_listing(entry["images"])
+    cache = f"{RESULTS}/{wildcards.experiment}/predict/{wildcards.name}/listing.json"
+    return source_listing(entry["images"], cache=cache)

@@ -44,7 +44,7 @@ rule predict:
     resources:
         mem_mb=lambda w: predict_entry(w)["mem_mb"],
     params:
-        listing=lambda w: predict_listing(predict_entry(w)),
+        listing=predict_listing,
         train_dirs=lambda w: entry_train_dirs(CONFIG, predict_entry(w)),
         images=lambda w: as_json(predict_entry(w)["images"]),
         classes=lambda w: as_json(entry_classes(CONFIG, predict_entry(w))),

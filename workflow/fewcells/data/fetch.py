@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import re
 import sys
@@ -87,28 +88,50 @@ def fetch(source: dict, out_dir: Path, *, progress: bool = True) -> Path:
     return root
 
 
-def source_listing(dataset: dict) -> str:
-    """For a `path:` source, a sha256 of its file listing (relative path, size, mtime):
-    the manifest rule's parameter, so that added, removed or rewritten files rerun the
-    manifest and everything after it. Empty for other sources (their sha256 decides)."""
+def source_listing(dataset: dict, cache: str | os.PathLike | None = None) -> str:
+    """For a `path:` source, a sha256 of its file listing (relative path, size, content
+    sha256): the manifest rule's parameter, so that added, removed or rewritten files rerun
+    the manifest and everything after it, while a copy with new modification times does
+    not. CACHE (a JSON file) keeps each file's sha256 under its size and mtime, so only new
+    or touched files are read again. Empty for other sources (their sha256 decides)."""
     source = dataset.get("source") or {}
     if not isinstance(source, dict) or not isinstance(source.get("path"), str):
         return ""
     base = Path(source["path"]).expanduser()
     root = base / source["subdir"] if isinstance(source.get("subdir"), str) else base
+    known = _read_listing_cache(cache)
+    seen = {}
     digest = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath, name)
+            relative = path.relative_to(root).as_posix()
             try:
                 stat = path.stat()
+                entry = known.get(relative)
+                if not isinstance(entry, list) or entry[:2] != [stat.st_size, stat.st_mtime_ns]:
+                    entry = [stat.st_size, stat.st_mtime_ns, sha256_file(path)]
             except OSError:
                 continue
-            digest.update(
-                f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
-            )
+            seen[relative] = entry
+            digest.update(f"{relative}\0{entry[0]}\0{entry[2]}\n".encode())
+    if cache is not None and seen != known:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        write_json(seen, cache)
     return digest.hexdigest()
+
+
+def _read_listing_cache(cache: str | os.PathLike | None) -> dict[str, list]:
+    """The {relative path: [size, mtime_ns, sha256]} of CACHE; empty when absent or unreadable
+    (it is only a cache: the files are then read again)."""
+    if cache is None:
+        return {}
+    try:
+        known = json.loads(Path(cache).read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 def _validate_source(source: dict) -> str:
