@@ -240,6 +240,22 @@ def test_strategies_band_is_the_t_interval_over_folds(two_tables):
     assert row["ci_high"] == pytest.approx(np.mean(values) + half)
 
 
+def test_strategies_band_stays_within_the_metric_range():
+    from fewcells.analysis.strategies import fold_band
+
+    scores = pd.DataFrame(
+        {
+            "experiment": "uncertain",
+            "size": 100,
+            "fold": range(5),
+            "score": [1.0, 0.974, 1.0, 0.212, 0.974],  # one network that never learned
+        }
+    )
+    row = fold_band(scores).iloc[0]
+    assert row["mean"] + stats.t.ppf(0.975, 4) * row["sd"] / math.sqrt(5) > 1
+    assert row["ci_high"] == 1.0 and 0 <= row["ci_low"] < row["mean"]
+
+
 def test_strategies_reference_must_be_compared(two_tables, tmp_path):
     from fewcells.analysis.strategies import compare_strategies
 

@@ -48,7 +48,8 @@ REACH_COLUMNS = [
 
 def fold_band(scores: pd.DataFrame) -> pd.DataFrame:
     """Per experiment and size: n_folds, mean, sd and the two-sided 95 % t interval of the
-    mean over folds (ci_low, ci_high; NaN with fewer than 2 folds)."""
+    mean over folds (ci_low, ci_high; NaN with fewer than 2 folds), clipped to [0, 1], the
+    range of every metric (METRIC_LABELS): with 5 folds the t interval can pass 1."""
     rows = []
     for (experiment, size), group in scores.groupby(["experiment", "size"], sort=True):
         values = group["score"].dropna().to_numpy(float)
@@ -63,8 +64,8 @@ def fold_band(scores: pd.DataFrame) -> pd.DataFrame:
                 "n_folds": n,
                 "mean": mean,
                 "sd": sd,
-                "ci_low": mean - half,
-                "ci_high": mean + half,
+                "ci_low": float(np.clip(mean - half, 0.0, 1.0)),
+                "ci_high": float(np.clip(mean + half, 0.0, 1.0)),
             }
         )
     return pd.DataFrame(rows)
@@ -148,7 +149,12 @@ def strategies_figure(
     ax.set_xlabel("Training-set size n (images, log scale)")
     ax.set_ylabel(f"{label} on the test fold (mean over folds)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", title="band: 95 % CI of the mean", title_fontsize=7)
+    ax.legend(
+        fontsize=7,
+        loc="lower right",
+        title="band: 95 % t interval of the mean over folds (within 0-1)",
+        title_fontsize=7,
+    )
     what = "selection strategies on identical folds"
     ax.set_title(f"{title}\n{what}" if title else what, fontsize=11)
     return figure
