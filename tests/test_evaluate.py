@@ -565,6 +565,16 @@ def test_network_outputs_mark_constant_outputs_only():
     assert (outputs.drop(index=(20, 3, 1))["output_spread"] > 0.1).all()
 
 
+def test_a_network_stuck_at_its_start_is_collapsed_too():
+    from fewcells.contracts import is_collapsed, output_spread
+
+    rng = np.random.default_rng(0)
+    stuck = 0.5 + rng.uniform(-0.0019, 0.0019, 25)  # ALL-IDB2 uncertain n = 100, fold 3
+    learned = rng.uniform(0.34, 0.67, 25)  # the narrowest trained network seen: 0.33
+    assert is_collapsed(output_spread(np.column_stack([stuck, 1 - stuck])))
+    assert not is_collapsed(output_spread(np.column_stack([learned, 1 - learned])))
+
+
 def test_summarize_separates_folds_from_seeds_and_counts_collapsed():
     pred = collapse(replicated(make_predictions(BINARY, sizes=(10, 20)), 3), 20, 2, 0)
     metrics = binary_metrics(pred, "blast").merge(
