@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from fewcells.analysis.summary import PAPER_SATURATION_N
-from fewcells.contracts import METRIC_LABELS, PROVENANCE_FIELDS
+from fewcells.contracts import COLLAPSE_TOLERANCE, METRIC_LABELS, PROVENANCE_FIELDS
 
 
 def mean_sd(mean: float, sd: float) -> str:
@@ -132,8 +132,9 @@ def summary_markdown(
         "",
         "Test-fold metrics by training-set size n: mean ± s.d. over folds"
         + (" (each fold's replicates averaged first)" if replicated else "")
-        + ". Collapsed: networks whose output is the same for every image (a failed "
-        "training, ROC-AUC 0.5 by construction); they are counted in the means.",
+        + ". Collapsed: failed trainings, whose class probabilities vary by less than "
+        f"{COLLAPSE_TOLERANCE:g} over all images (dead, or stuck at ln 2 from the start, so "
+        "their ROC-AUC is 0.5 or noise); they are counted in the means.",
         "",
         "| " + " | ".join(headers) + " |",
         "|" + "|".join("---" for _ in headers) + "|",
