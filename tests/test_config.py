@@ -261,3 +261,36 @@ def test_bad_selection_features_name_the_key(features, edit, message):
         validate_config(config)
     assert "config key experiments.tiny_" in str(error.value)
     assert "folds.selection.features" in str(error.value)
+
+
+def _with_pretrained_features(source_dataset="other", source_image=None) -> dict:
+    """SELECTION with tiny_diverse ordered by the pretraining of tiny_source (SOURCE_DATASET)."""
+    config = _with_features({"pretrained": "tiny_source"})
+    config["datasets"]["other"] = {"kind": "demo", "demo": {"seed": 2, "n_per_class": 12}}
+    config["experiments"]["tiny_source"] = {
+        "dataset": source_dataset,
+        "folds": {"k": 2, "n_val": 6, "sizes": [10]},
+        **({"image": source_image} if source_image else {}),
+    }
+    return config
+
+
+def test_diverse_features_may_name_a_pretraining_on_another_dataset():
+    config = validate_config(_with_pretrained_features())
+    features = config["experiments"]["tiny_diverse"]["folds"]["selection"]["features"]
+    assert features == {"pretrained": "tiny_source"}
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (_with_pretrained_features(source_dataset="tiny"), "has seen the labels of unselected"),
+        (_with_pretrained_features(source_image={"size": 224}), "has image.size 224"),
+        (_with_features({"pretrained": "nope"}), "pretrained 'nope' is not an experiment"),
+        (_with_features({"pretrained": "tiny_random", "size": 6}), "is not valid"),
+    ],
+)
+def test_bad_pretrained_features_name_the_key(config, message):
+    with pytest.raises(FewcellsError, match=message) as error:
+        validate_config(config)
+    assert "folds.selection.features" in str(error.value)

@@ -262,3 +262,31 @@ def test_network_features_need_the_named_networks(tmp_path):
         _diverse(tmp_path, folds, NETWORK_FEATURES, store, "b")
     with pytest.raises(FewcellsError, match="features is stats"):
         _diverse(tmp_path, folds, {"strategy": "diverse"}, [*store, *ckpts], "c")
+
+
+def test_diverse_orders_every_fold_by_a_pretrained_networks_hidden_layer(tmp_path):
+    from test_predict import write_network
+
+    from fewcells.data.active import network_embeddings
+
+    def pretrained(name, classes, seed):
+        """A pretraining's folder: model.ckpt alone (written as a training writes it)."""
+        folder = tmp_path / "pretrained" / name
+        folder.mkdir(parents=True)
+        trained = write_network(tmp_path / f"{name}_training" / "fold0", classes, seed)
+        (trained / "model.ckpt").rename(folder / "model.ckpt")
+        return folder
+
+    folds, store, _ = _network_case(tmp_path, folds=())
+    source = pretrained("source", ["a", "b", "c"], seed=7)
+    selection = {"strategy": "diverse", "features": {"pretrained": "source"}}
+    _, picks = _diverse(tmp_path, folds, selection, [*store, source / "model.ckpt"], "pre")
+    embeddings = network_embeddings(source, tmp_path / "store")
+    for fold in (0, 1):
+        pool = sorted(folds[(folds["fold"] == fold) & (folds["role"] == "pool")]["image_id"])
+        order, _ = k_center(embeddings(pool))
+        assert picks[picks["fold"] == fold]["image_id"].tolist() == [pool[i] for i in order]
+    other = pretrained("other", ["a", "b"], seed=8)
+    two = [*store, source / "model.ckpt", other / "model.ckpt"]
+    with pytest.raises(FewcellsError, match="takes one pretrained network, not 2"):
+        _diverse(tmp_path, folds, selection, two, "two")

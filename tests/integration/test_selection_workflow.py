@@ -126,3 +126,29 @@ def test_network_features_make_the_diverse_folds_wait_for_the_networks(tmp_path)
     assert set(picks["fold"]) == {0}  # fold 1 has no network: it keeps the random order
     assert len(picks) == len(folds.query("fold == 0 and role == 'pool'"))
     assert _planned(tmp_path, named, diverse) == {}
+
+
+def test_pretrained_features_order_every_fold_after_the_pretraining(tmp_path):
+    """features {pretrained}: rule folds_diverse waits for that experiment's pretraining (on
+    another dataset) and orders every fold's pool by its hidden layer."""
+    config = yaml.safe_load(CONFIG.read_text())
+    config["datasets"]["other"] = {"kind": "demo", "demo": {"seed": 2, "n_per_class": 12}}
+    config["experiments"]["tiny_source"] = {
+        "dataset": "other",
+        "folds": {"k": 2, "n_val": 6, "sizes": [10]},
+        "pretrain": {"val_fraction": 0.2, "batch_size": 16, "max_epochs": 2, "patience": 1},
+    }
+    features = {"pretrained": "tiny_source"}
+    config["experiments"]["tiny_diverse"]["folds"]["selection"]["features"] = features
+    diverse = "results/tiny_diverse/folds/folds.csv"
+    planned = _planned(tmp_path, config, diverse)
+    assert planned["pretrain"] == 1 and planned["folds_diverse"] == 1
+    assert "results/pretrained/tiny_source/model.ckpt" in _snakemake(
+        tmp_path, config, diverse, "-n", "-p"
+    )
+    _snakemake(tmp_path, config, "--cores", "1", diverse)
+    picks = pd.read_csv(tmp_path / "results/tiny_diverse/folds/selection.csv")
+    folds = pd.read_csv(tmp_path / diverse)
+    assert set(picks["fold"]) == {0, 1}  # one network for every fold
+    assert len(picks) == len(folds.query("role == 'pool'"))
+    assert _planned(tmp_path, config, diverse) == {}

@@ -19,11 +19,14 @@ def folds_inputs(wildcards):
 
 def features_networks(experiment):
     """The model.ckpt of each fold of folds.selection.features {experiment, size} (replicate
-    0, the folds EXPERIMENT trains); none for the colour/texture statistics."""
+    0, the folds EXPERIMENT trains), or of the pretraining {pretrained}; none for the
+    colour/texture statistics."""
     cfg = CONFIG["experiments"][experiment]
     features = cfg["folds"]["selection"]["features"]
     if features == "stats":
         return []
+    if "pretrained" in features:
+        return [f"{PRETRAINED}/{features['pretrained']}/model.ckpt"]
     root = f"{RESULTS}/{features['experiment']}/train/n{features['size']}"
     return [f"{root}/fold{fold}/model.ckpt" for fold in fold_ids(cfg)]
 

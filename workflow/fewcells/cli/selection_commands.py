@@ -68,6 +68,16 @@ def _fold_features(selection: dict, store_files) -> Callable[[int], Callable | N
         return lambda fold: stats
     if not networks:
         raise FewcellsError(f"folds: selection.features {chosen} needs the networks' model.ckpt")
+    if "pretrained" in chosen:
+        if len(networks) != 1:
+            raise FewcellsError(
+                f"folds: selection.features {chosen} takes one pretrained network, not "
+                f"{len(networks)}"
+            )
+        from fewcells.data.active import network_embeddings
+
+        pretrained = network_embeddings(networks[0], store_dir)
+        return lambda fold: pretrained
     return network_features(networks, store_dir, int(chosen["size"])).get
 
 
@@ -75,7 +85,8 @@ def apply_folds_selection(folds: pd.DataFrame, spec: dict, store_files, out_dir)
     """The folds with each pool in the order of spec["selection"] (random: unchanged).
     Diverse reads the store of STORE_FILES (its images.npy and index.csv) and, with network
     features, the model.ckpt of each fold's network among them (a fold without one keeps the
-    random order and is left out of selection.csv); it also writes OUT_DIR/selection.csv."""
+    random order and is left out of selection.csv) or of the one pretrained network all folds
+    share; it also writes OUT_DIR/selection.csv."""
     from fewcells.atomic import write_csv
     from fewcells.data.selection import diverse_fold
 

@@ -139,27 +139,30 @@ def network_probabilities(
 
 
 def network_embeddings(
-    train_dir: str | os.PathLike, store_dir: str | os.PathLike
+    network_dir: str | os.PathLike, store_dir: str | os.PathLike
 ) -> Callable[[list[str]], np.ndarray]:
     """embeddings(image ids) -> (images, width) hidden-layer activations of the network in
-    TRAIN_DIR on the stored images (its `embed`: the paper CNN's hidden layer after its ReLU,
-    a torchvision network's pooled penultimate layer), as in the training's embeddings.npz."""
-    return network_outputs(train_dir, store_dir, lambda model, x: model.embed(x).float())
+    NETWORK_DIR (a training's or a pretraining's) on the stored images (its `embed`: the paper
+    CNN's hidden layer after its ReLU, a torchvision network's pooled penultimate layer), as
+    in the training's embeddings.npz."""
+    return network_outputs(network_dir, store_dir, lambda model, x: model.embed(x).float())
 
 
 def network_outputs(
-    train_dir: str | os.PathLike, store_dir: str | os.PathLike, forward: Callable
+    network_dir: str | os.PathLike, store_dir: str | os.PathLike, forward: Callable
 ) -> Callable[[list[str]], np.ndarray]:
-    """outputs(image ids) -> forward(model, batch) of the network in TRAIN_DIR (eval mode, no
-    gradients) on those stored images, read from the store's memory map in batches."""
+    """outputs(image ids) -> forward(model, batch) of the network in NETWORK_DIR (a training's
+    or a pretraining's folder; eval mode, no gradients) on those stored images, read from the
+    store's memory map in batches."""
     import torch
 
     from fewcells.data.store import open_store
-    from fewcells.predict.predict import load_network
+    from fewcells.predict.predict import load_classifier
     from fewcells.training.models import to_model_input
 
-    network = load_network(Path(train_dir))
-    images, index = open_store(store_dir, network.image_size)
+    module = load_classifier(Path(network_dir) / "model.ckpt")
+    model = module.model.eval()
+    images, index = open_store(store_dir, int(module.hparams.image_size))
     row_of = dict(zip(index["image_id"], index["row"], strict=True))
 
     def outputs(image_ids: list[str]) -> np.ndarray:
@@ -171,7 +174,7 @@ def network_outputs(
         with torch.no_grad():
             for start in range(0, len(rows), PREDICT_BATCH):
                 batch = torch.from_numpy(np.asarray(images[rows[start : start + PREDICT_BATCH]]))
-                out.append(forward(network.model, to_model_input(batch)).numpy())
+                out.append(forward(model, to_model_input(batch)).numpy())
         return np.concatenate(out) if out else np.zeros((0, 0))
 
     return outputs

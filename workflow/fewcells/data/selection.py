@@ -274,9 +274,11 @@ def check_selection(key: str, experiment: dict, experiments: dict) -> None:
 
 
 def check_features(key: str, experiment: dict, experiments: dict) -> None:
-    """folds.selection.features {experiment, size} (diverse only) names another experiment
+    """folds.selection.features (diverse only): {experiment, size} names another experiment
     with the same dataset, classes, split and image size that trains that size on every fold
-    this one trains, and whose own order does not come from network features (no chains)."""
+    this one trains, and whose own order does not come from network features (no chains);
+    {pretrained} names an experiment on another dataset (its pretraining saw no label of
+    this pool) with the same image size (check_pretrained_features)."""
     features = experiment["folds"]["selection"].get("features", "stats")
     if features == "stats":
         return
@@ -284,6 +286,9 @@ def check_features(key: str, experiment: dict, experiments: dict) -> None:
     strategy = experiment["folds"]["selection"]["strategy"]
     if strategy != "diverse":
         raise FewcellsError(f"{where}: network features order a diverse selection, not {strategy}")
+    if "pretrained" in features:
+        check_pretrained_features(where, experiment, features["pretrained"], experiments)
+        return
     name, size = features["experiment"], features["size"]
     if name not in experiments or name == key.rsplit(".", 1)[-1]:
         raise FewcellsError(
@@ -308,3 +313,26 @@ def check_features(key: str, experiment: dict, experiments: dict) -> None:
     missing = sorted(set(fold_ids(experiment)) - set(fold_ids(source)))
     if missing:
         raise FewcellsError(f"{where}: {name!r} trains no network for fold(s) {missing}")
+
+
+def check_pretrained_features(where: str, experiment: dict, name: str, experiments: dict) -> None:
+    """The pretraining of experiment NAME (results/pretrained/<name>) may embed EXPERIMENT's
+    pool: another dataset (it was trained on the labels of all its images) and the same
+    image.size (the network's input)."""
+    if name not in experiments:
+        raise FewcellsError(
+            f"{where}: pretrained {name!r} is not an experiment "
+            f"(experiments: {sorted(experiments)})"
+        )
+    source = experiments[name]
+    if source["dataset"] == experiment["dataset"]:
+        raise FewcellsError(
+            f"{where}: pretrained {name!r} is trained on all of dataset {source['dataset']!r}, "
+            "this experiment's own, so it has seen the labels of unselected pool images; "
+            "name an experiment on another dataset"
+        )
+    if source["image"]["size"] != experiment["image"]["size"]:
+        raise FewcellsError(
+            f"{where}: pretrained {name!r} has image.size {source['image']['size']}, this "
+            f"experiment {experiment['image']['size']}; the network must take this store's images"
+        )

@@ -67,20 +67,26 @@ def parse_train_dir(directory: str | os.PathLike) -> tuple[int, int, int]:
     return int(match["size"]), fold, replicate
 
 
-def load_network(directory: str | os.PathLike) -> Network:
-    """The network of a training folder, in eval mode on the CPU; on a CPU the paper CNN's
-    first blocks run as the compiled kernel where its training used it (train.fused_cpu_kernel)."""
+def load_classifier(path: str | os.PathLike):
+    """The CellClassifier of checkpoint PATH (a training's or a pretraining's model.ckpt),
+    on the CPU."""
     from fewcells.training.module import CellClassifier
 
-    directory = Path(directory)
-    size, fold, replicate = parse_train_dir(directory)
-    path = directory / "model.ckpt"
+    path = Path(path)
     if not path.is_file():
         raise FewcellsError(f"{path}: no trained network (model.ckpt)")
     try:
-        module = CellClassifier.from_checkpoint(path, map_location="cpu")
+        return CellClassifier.from_checkpoint(path, map_location="cpu")
     except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:
         raise FewcellsError(f"{path}: cannot load the network: {error}") from error
+
+
+def load_network(directory: str | os.PathLike) -> Network:
+    """The network of a training folder, in eval mode on the CPU; on a CPU the paper CNN's
+    first blocks run as the compiled kernel where its training used it (train.fused_cpu_kernel)."""
+    directory = Path(directory)
+    size, fold, replicate = parse_train_dir(directory)
+    module = load_classifier(directory / "model.ckpt")
     fused = bool(module.train_cfg["fused_cpu_kernel"])
     return Network(
         size=size,
