@@ -220,12 +220,22 @@ def test_strategies_images_to_reach_95_percent_of_random_plateau(tmp_path):
     assert reach.loc["diverse", "n_to_reach"] == 20
     assert reach.loc["diverse", "mean_at_n"] == pytest.approx(0.9 - 0.4 * math.exp(-2.5))
     assert pd.isna(reach.loc["flat", "n_to_reach"])
+    assert not reach["plateau_extrapolated"].any()
     assert (reach["reference"] == "random").all() and (reach["n_folds"] == 4).all()
     low, high = reach.loc["random", ["plateau_ci_low", "plateau_ci_high"]]
     assert low <= 0.9 + 1e-3 and high >= 0.9 - 1e-3
     written = pd.read_csv(tmp_path / "out/strategies.csv")
     assert written["experiment"].tolist() == ["diverse", "random", "flat"]
     assert (tmp_path / "out/strategies.png").stat().st_size > 0
+
+
+def test_a_reference_still_rising_at_the_largest_size_has_an_extrapolated_plateau(tmp_path):
+    from fewcells.analysis.strategies import compare_strategies
+
+    rising = _curve_table(tmp_path / "random.csv", tau=80)  # 0.79 of 0.9 at n = 100
+    reach = compare_strategies([rising], ["random"], "roc_auc", "random", tmp_path, n_boot=20)
+    assert reach["plateau_extrapolated"].tolist() == [True]
+    assert pd.isna(reach["n_to_reach"].iloc[0])
 
 
 def test_strategies_band_is_the_t_interval_over_folds(two_tables):

@@ -6,7 +6,9 @@ learning_curve: score(n) = a - (a - b) exp(-n / tau), least squares on the per-f
 95 % percentile bootstrap over folds). An experiment's n_to_reach is the smallest training
 size run whose mean over folds reaches fraction x plateau; n_to_reach_low / _high are the
 same with the ends of the plateau's confidence interval (a range, not a confidence interval
-of n). Only the (size, fold) pairs present in every experiment are used (common_pairs).
+of n). plateau_extrapolated marks a reference whose own fitted curve does not reach the
+fraction of its plateau within the sizes run: the plateau, and so the target, lie beyond the
+data. Only the (size, fold) pairs present in every experiment are used (common_pairs).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ REACH_COLUMNS = [
     "plateau",
     "plateau_ci_low",
     "plateau_ci_high",
+    "plateau_extrapolated",
     "fraction",
     "target",
     "n_to_reach",
@@ -89,6 +92,7 @@ def images_to_reach(
     """One row per experiment: the reference's plateau (and CI), the target fraction x
     plateau and the smallest size whose mean reaches it (REACH_COLUMNS)."""
     plateau = fit["plateau"] if fit["ok"] else math.nan
+    extrapolated = bool(fit["ok"] and fit["n_at_fraction"] is None)
     ci = fit.get("plateau_ci") or [None, None]
     low, high = (math.nan if v is None else v for v in ci)
     rows = []
@@ -104,6 +108,7 @@ def images_to_reach(
                 "plateau": plateau,
                 "plateau_ci_low": low,
                 "plateau_ci_high": high,
+                "plateau_extrapolated": extrapolated,
                 "fraction": fraction,
                 "target": fraction * plateau,
                 "n_to_reach": n,
@@ -122,7 +127,8 @@ def strategies_figure(
     band: pd.DataFrame, reach: pd.DataFrame, order: Sequence[str], metric: str, title: str = ""
 ) -> Figure:
     """Mean over folds per experiment and size (line) with its 95 % t interval (band); the
-    dashed line is 95 % of the reference's fitted plateau, and the legend gives each
+    dashed line is 95 % of the reference's fitted plateau (marked extrapolated when the
+    reference's curve does not reach it within the sizes run), and the legend gives each
     experiment's folds and images to reach it."""
     label = METRIC_LABELS.get(metric, metric)
     figure = Figure(figsize=(6.4, 4.4), layout="constrained")
@@ -144,7 +150,10 @@ def strategies_figure(
     target = reach["target"].iloc[0]
     if np.isfinite(target):
         reference = reach["reference"].iloc[0]
-        ax.axhline(target, ls="--", lw=1, color="grey", label=f"95 % of {reference}'s plateau")
+        label = f"95 % of {reference}'s plateau"
+        if reach["plateau_extrapolated"].iloc[0]:
+            label += f" (extrapolated beyond n = {int(band['size'].max())})"
+        ax.axhline(target, ls="--", lw=1, color="grey", label=label)
     sizes_axis(ax, sorted(band["size"].unique().tolist()))
     ax.set_xlabel("Training-set size n (images, log scale)")
     ax.set_ylabel(f"{label} on the test fold (mean over folds)")
