@@ -238,6 +238,21 @@ def test_a_reference_still_rising_at_the_largest_size_has_an_extrapolated_platea
     assert pd.isna(reach["n_to_reach"].iloc[0])
 
 
+def test_an_extrapolated_plateau_is_named_in_the_legend_not_the_axis(tmp_path):
+    from fewcells.analysis.compare import common_pairs, read_metrics
+    from fewcells.analysis.learning_curve import fit_learning_curve
+    from fewcells.analysis.strategies import fold_band, images_to_reach, strategies_figure
+
+    rising = _curve_table(tmp_path / "random.csv", tau=80)
+    scores = common_pairs(read_metrics([rising], ["random"], "roc_auc"))
+    band = fold_band(scores)
+    reach = images_to_reach(band, fit_learning_curve(scores, n_boot=20), ["random"], "random")
+    ax = strategies_figure(band, reach, ["random"], "roc_auc").axes[0]
+    assert ax.get_ylabel() == "ROC-AUC on the test fold (mean over folds)"
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert "95 % of random's plateau (extrapolated beyond n = 100)" in legend
+
+
 def test_strategies_band_is_the_t_interval_over_folds(two_tables):
     from fewcells.analysis.strategies import fold_band
 

@@ -150,10 +150,10 @@ def strategies_figure(
     target = reach["target"].iloc[0]
     if np.isfinite(target):
         reference = reach["reference"].iloc[0]
-        label = f"95 % of {reference}'s plateau"
+        target_label = f"95 % of {reference}'s plateau"
         if reach["plateau_extrapolated"].iloc[0]:
-            label += f" (extrapolated beyond n = {int(band['size'].max())})"
-        ax.axhline(target, ls="--", lw=1, color="grey", label=label)
+            target_label += f" (extrapolated beyond n = {int(band['size'].max())})"
+        ax.axhline(target, ls="--", lw=1, color="grey", label=target_label)
     sizes_axis(ax, sorted(band["size"].unique().tolist()))
     ax.set_xlabel("Training-set size n (images, log scale)")
     ax.set_ylabel(f"{label} on the test fold (mean over folds)")
@@ -185,7 +185,7 @@ def compare_strategies(
         raise FewcellsError(f"reference {reference!r} is not one of {list(names)}")
     scores = common_pairs(read_metrics(metrics_files, names, metric))
     own = scores.loc[scores["experiment"] == reference, ["size", "fold", "score"]]
-    fit = fit_learning_curve(own, n_boot=n_boot)
+    fit = fit_learning_curve(own, n_boot=n_boot, plateau_fraction=PLATEAU_FRACTION)
     band = fold_band(scores)
     reach = images_to_reach(band, fit, names, reference)
     out_dir = Path(out_dir)
